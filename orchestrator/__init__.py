@@ -1,0 +1,1 @@
+"""Sovereign Grid: a multi-site workload orchestrator."""

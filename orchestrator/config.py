@@ -1,0 +1,100 @@
+"""Typed configuration, read once at the entrypoints (``from_env``) and passed down.
+
+Nothing below the entrypoints reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from orchestrator.errors import InvalidSpecError
+
+__all__ = ["ControlPlaneConfig", "RedisConfig", "SchedulerConfig"]
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """How to reach the queue store."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """``redis://[user:password@]host:port/db``, or ``rediss://`` for TLS."""
+    prefix: str = "sg:"
+    """Prefix of every key this orchestrator writes, so several can share one Redis."""
+    socket_timeout: float = 5.0
+    """Seconds before a Redis command is given up as unavailable."""
+    ssl_ca_certs: str | None = None
+    """CA bundle to verify a ``rediss://`` server with; the system store when unset."""
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: object) -> RedisConfig:
+        """Validate ``url`` and build a config from it."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise InvalidSpecError(
+                "redis_url", f"scheme must be redis://, rediss:// or unix://, got {url!r}"
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise InvalidSpecError("redis_url", f"no host in {url!r}")
+        return dataclasses.replace(cls(url=url), **overrides)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RedisConfig:
+        """``SG_REDIS_URL``, ``SG_REDIS_PREFIX``, ``SG_REDIS_CA_CERTS``."""
+        base = cls()
+        return cls.from_url(
+            env.get("SG_REDIS_URL", base.url),
+            prefix=env.get("SG_REDIS_PREFIX", base.prefix),
+            ssl_ca_certs=env.get("SG_REDIS_CA_CERTS") or None,
+        )
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Knobs of the placement loop."""
+
+    window: int = 2000
+    """Most pending jobs read per placement cycle (cycle cost is bounded by this, not the queue)."""
+    idle_interval_seconds: float = 0.05
+    """Pause between cycles when the last one placed nothing."""
+    site_stale_after_seconds: float = 30.0
+    """A connected site silent for longer than this gets no new work until heard from."""
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    """Everything the control plane (scheduler, dispatchers, API server) needs."""
+
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    """The queue store."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """The placement loop."""
+    dispatchers: int = 2
+    """Dispatcher actors; sites are spread over them (not one process per site)."""
+    api_listen: str = "127.0.0.1:50051"
+    """Address the API server listens on."""
+    ray_address: str | None = None
+    """An existing Ray cluster to join; None starts a local Ray instance."""
+    ray_namespace: str = "sovereign-grid"
+    """Ray namespace of the control plane's named actors."""
+    heartbeat_interval_seconds: float = 1.0
+    """Seconds between agent heartbeats asked for on each stream."""
+    kill_grace_seconds: float = 3.0
+    """Seconds between SIGTERM and SIGKILL when a job is cancelled."""
+    state_dir: Path = Path(".sg")
+    """Where the embedded default keeps Redis data, Ray's temp dir, logs and agents' state."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ControlPlaneConfig:
+        """Read ``SG_*`` variables; unset ones keep their defaults."""
+        base = cls()
+        return cls(
+            redis=RedisConfig.from_env(env),
+            dispatchers=int(env.get("SG_DISPATCHERS", base.dispatchers)),
+            api_listen=env.get("SG_API_LISTEN", base.api_listen),
+            ray_address=env.get("SG_RAY_ADDRESS") or None,
+            state_dir=Path(env.get("SG_STATE_DIR", str(base.state_dir))),
+        )

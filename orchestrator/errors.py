@@ -1,0 +1,119 @@
+"""The one error tree of the orchestrator, shared by the server, the SDK and the CLI.
+
+    OrchestratorError
+    ├── InvalidSpecError           a job spec or request field is invalid (names the field)
+    ├── NotFoundError
+    │   ├── JobNotFoundError       no such job (job_id)
+    │   └── SiteNotFoundError      no such site (site)
+    ├── IllegalTransitionError     the job is not in a state that allows the change
+    ├── StoreUnavailableError      the queue store (Redis) cannot be reached
+    ├── ServiceUnavailableError    the API server cannot be reached (client side)
+    ├── WaitTimeoutError           Job.wait() ran out of time (job_id)
+    └── InternalError              anything else; the server logged its traceback
+
+The API server maps these to gRPC status codes in one table (orchestrator.api.errors) and the
+SDK maps status codes back, so callers catch the same classes on both sides of the wire.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IllegalTransitionError",
+    "InternalError",
+    "InvalidSpecError",
+    "JobNotFoundError",
+    "NotFoundError",
+    "OrchestratorError",
+    "ServiceUnavailableError",
+    "SiteNotFoundError",
+    "StoreUnavailableError",
+    "WaitTimeoutError",
+]
+
+
+class OrchestratorError(Exception):
+    """Root of every error the orchestrator raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def fields(self) -> dict[str, str]:
+        """Structured fields carried across the wire next to the message."""
+        return {}
+
+
+class InvalidSpecError(OrchestratorError):
+    """A job spec or request field is invalid. ``field`` is its dotted path (``resources.gpus``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"invalid {field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+    def fields(self) -> dict[str, str]:
+        return {"field": self.field, "problem": self.problem}
+
+
+class NotFoundError(OrchestratorError):
+    """Something asked for does not exist."""
+
+
+class JobNotFoundError(NotFoundError):
+    """No job with this id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+        self.job_id = job_id
+
+    def fields(self) -> dict[str, str]:
+        return {"job_id": self.job_id}
+
+
+class SiteNotFoundError(NotFoundError):
+    """No site with this id."""
+
+    def __init__(self, site: str) -> None:
+        super().__init__(f"site {site!r} not found")
+        self.site = site
+
+    def fields(self) -> dict[str, str]:
+        return {"site": self.site}
+
+
+class IllegalTransitionError(OrchestratorError):
+    """The job's current state (or attempt) does not allow the requested change."""
+
+    def __init__(self, job_id: str, state: str, action: str) -> None:
+        super().__init__(f"job {job_id!r} is {state}: cannot {action}")
+        self.job_id = job_id
+        self.state = state
+        self.action = action
+
+    def fields(self) -> dict[str, str]:
+        return {"job_id": self.job_id, "state": self.state, "action": self.action}
+
+
+class StoreUnavailableError(OrchestratorError):
+    """The queue store (Redis) cannot be reached; nothing was written."""
+
+
+class ServiceUnavailableError(OrchestratorError):
+    """The API server cannot be reached (raised by the SDK)."""
+
+
+class WaitTimeoutError(OrchestratorError):
+    """A wait for a job to finish ran out of time; the job itself is unaffected."""
+
+    def __init__(self, job_id: str, timeout: float, state: str) -> None:
+        super().__init__(f"job {job_id!r} still {state} after {timeout:g}s")
+        self.job_id = job_id
+        self.timeout = timeout
+        self.state = state
+
+    def fields(self) -> dict[str, str]:
+        return {"job_id": self.job_id, "state": self.state}
+
+
+class InternalError(OrchestratorError):
+    """An unexpected failure; the server logged it with its traceback."""

@@ -1,0 +1,100 @@
+"""The Redis key schema: every key the orchestrator writes, in one place.
+
+All keys start with a configurable prefix (``sg:`` by default). Lua scripts that must reach keys
+derived from data (a job's site, a site's counters) build them from the same templates, passed
+in ARGV as the prefix; the templates below and in ``lua/*.lua`` must agree.
+
+    {p}job:{id}              hash   one job: spec (JobSpec protobuf bytes) and status fields
+    {p}job:{id}:ev           stream the job's events
+    {p}jobs                  zset   every job id, scored by submit time in ms (listing, paging)
+    {p}queues                set    queue names that have ever had a job
+    {p}pending:{queue}       zset   pending job ids, scored by priority class then submit time
+    {p}unsched               zset   pending jobs no registered site can ever run
+    {p}idem:{tenant}:{rid}   string job id for a client request id (idempotent submit)
+    {p}events                stream every job event (capped)
+    {p}sites                 set    registered site ids
+    {p}sites:ver             string bumped on every site registration or state change
+    {p}site:{id}             hash   registration (Site protobuf bytes), state, capacity, heartbeat
+    {p}site:{id}:used        hash   capacity in use by jobs placed there: gpu:{type}, cpus, mem
+    {p}site:{id}:active      set    job ids placed there and not finished
+    {p}site:{id}:outbox      zset   SCHEDULED job ids waiting to be sent to the agent
+    {p}site:{id}:inflight    zset   DISPATCHED job ids the agent has not acknowledged yet
+    {p}site:{id}:cancels     set    "{job_id}:{attempt}" cancels to send to the agent
+    {p}notify                pubsub channel: a site id whose outbox or cancels changed
+    {p}wake                  pubsub channel: new pending work for the scheduler
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key templates under one prefix."""
+
+    prefix: str = "sg:"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:ev"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}jobs"
+
+    @property
+    def queues(self) -> str:
+        return f"{self.prefix}queues"
+
+    def pending(self, queue: str) -> str:
+        return f"{self.prefix}pending:{queue}"
+
+    @property
+    def unschedulable(self) -> str:
+        return f"{self.prefix}unsched"
+
+    def idempotency(self, tenant: str, request_id: str) -> str:
+        return f"{self.prefix}idem:{tenant}:{request_id}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def sites(self) -> str:
+        return f"{self.prefix}sites"
+
+    @property
+    def sites_version(self) -> str:
+        return f"{self.prefix}sites:ver"
+
+    def site(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}"
+
+    def site_used(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}:used"
+
+    def site_active(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}:active"
+
+    def site_outbox(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}:outbox"
+
+    def site_inflight(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}:inflight"
+
+    def site_cancels(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}:cancels"
+
+    @property
+    def notify_channel(self) -> str:
+        return f"{self.prefix}notify"
+
+    @property
+    def wake_channel(self) -> str:
+        return f"{self.prefix}wake"

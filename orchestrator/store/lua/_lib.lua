@@ -1,0 +1,71 @@
+-- Shared helpers, prepended to every script by orchestrator/store/scripts.py.
+-- Every script takes the key prefix as ARGV[1] and builds keys with the templates of
+-- orchestrator/store/keys.py (single-shard Redis; not written for Redis Cluster).
+-- Job states (orchestrator.v1.JobState): 1 PENDING, 2 SCHEDULED, 3 DISPATCHED, 4 RUNNING,
+-- 5 SUCCEEDED, 6 FAILED, 7 CANCELLED, 8 PREEMPTED, 9 LOST. Site states: 1 ACTIVE,
+-- 2 CORDONED, 3 DRAINING, 4 LOST.
+
+local JOB_FIELDS = {'state', 'attempt', 'site', 'gpu_type', 'r_gpus', 'r_cpus', 'r_mem',
+                    'max_attempts', 'cancel', 'queue', 'score', 'unsched', 'reason'}
+
+-- The job's status fields as a table, or nil when there is no such job.
+local function load_job(p, id)
+  local v = redis.call('HMGET', p .. 'job:' .. id, unpack(JOB_FIELDS))
+  if not v[1] then return nil end
+  local j = {}
+  for i, name in ipairs(JOB_FIELDS) do j[name] = v[i] or '' end
+  return j
+end
+
+local function is_terminal(state)
+  return state == '5' or state == '6' or state == '7'
+end
+
+-- Append one event to the job's stream and to the global stream (capped at maxlen).
+local function emit(p, id, state, attempt, site, msg, now, exit_code, maxlen)
+  local f = {'job', id, 'state', state, 'attempt', attempt, 'site', site, 'msg', msg, 't', now}
+  if exit_code ~= nil and exit_code ~= '' then
+    f[#f + 1] = 'exit'
+    f[#f + 1] = exit_code
+  end
+  redis.call('XADD', p .. 'job:' .. id .. ':ev', '*', unpack(f))
+  redis.call('XADD', p .. 'events', 'MAXLEN', '~', maxlen, '*', unpack(f))
+end
+
+-- Give back the capacity a placed job holds at its site and drop it from the site's sets.
+local function release(p, id, j)
+  local site = j.site
+  if site == '' then return end
+  local used = p .. 'site:' .. site .. ':used'
+  local gpus = tonumber(j.r_gpus) or 0
+  if gpus > 0 and j.gpu_type ~= '' then
+    redis.call('HINCRBY', used, 'gpu:' .. j.gpu_type, -gpus)
+  end
+  redis.call('HINCRBY', used, 'cpus', -(tonumber(j.r_cpus) or 0))
+  redis.call('HINCRBY', used, 'mem', -(tonumber(j.r_mem) or 0))
+  redis.call('SREM', p .. 'site:' .. site .. ':active', id)
+  redis.call('ZREM', p .. 'site:' .. site .. ':outbox', id)
+  redis.call('ZREM', p .. 'site:' .. site .. ':inflight', id)
+  redis.call('SREM', p .. 'site:' .. site .. ':cancels', id .. ':' .. j.attempt)
+end
+
+-- Move a job to a terminal state (5, 6 or 7).
+local function finish(p, id, j, state, exit_code, msg, now, maxlen)
+  release(p, id, j)
+  local key = p .. 'job:' .. id
+  redis.call('HSET', key, 'state', state, 'updated', now, 'finished', now, 'reason', msg)
+  if exit_code ~= '' then redis.call('HSET', key, 'exit_code', exit_code) end
+  emit(p, id, state, j.attempt, j.site, msg, now, exit_code, maxlen)
+end
+
+-- Put a placed job back in its queue with a new attempt.
+local function requeue(p, id, j, msg, now, maxlen)
+  release(p, id, j)
+  local attempt = tostring((tonumber(j.attempt) or 0) + 1)
+  redis.call('HSET', p .. 'job:' .. id, 'state', '1', 'attempt', attempt, 'site', '',
+             'gpu_type', '', 'updated', now, 'reason', msg, 'cancel', '0')
+  redis.call('HDEL', p .. 'job:' .. id, 'started')
+  redis.call('ZADD', p .. 'pending:' .. j.queue, j.score, id)
+  emit(p, id, '1', attempt, '', msg, now, '', maxlen)
+  redis.call('PUBLISH', p .. 'wake', '1')
+end

@@ -1,0 +1,45 @@
+-- Apply a batch of status updates reported by a site's agent. An update for another site or
+-- another attempt than the job's current one is stale and changes nothing. A requested cancel
+-- wins over any late terminal report. A FAILED attempt with attempts left is requeued.
+-- KEYS: none (built from the prefix).
+-- ARGV: 1 prefix, 2 site id, 3 now (s), 4 events maxlen, then 5 per update:
+--       job id, attempt, new state (4 RUNNING, 5 SUCCEEDED, 6 FAILED, 7 CANCELLED),
+--       exit code ('' for none), message
+-- Returns: one code per update: 'ok', 'retry', 'dup' or 'stale'
+local p, site, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for i = 5, #ARGV, 5 do
+  local id, attempt, new, exit_code, msg = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local j = load_job(p, id)
+  local code = 'stale'
+  if j and j.site == site and j.attempt == attempt then
+    local cur = j.state
+    if new == '4' then
+      if cur == '3' then
+        redis.call('HSET', p .. 'job:' .. id, 'state', '4', 'updated', now, 'started', now,
+                   'reason', 'running on ' .. site)
+        redis.call('ZREM', p .. 'site:' .. site .. ':inflight', id)
+        emit(p, id, '4', attempt, site, msg ~= '' and msg or 'running', now, '', maxlen)
+        code = 'ok'
+      elseif cur == '4' then
+        code = 'dup'
+      end
+    elseif (new == '5' or new == '6' or new == '7') and (cur == '3' or cur == '4') then
+      if j.cancel == '1' then
+        finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now, maxlen)
+        code = 'ok'
+      elseif new == '6' and (tonumber(attempt) or 0) < (tonumber(j.max_attempts) or 1) then
+        if exit_code ~= '' then redis.call('HSET', p .. 'job:' .. id, 'exit_code', exit_code) end
+        requeue(p, id, j, 'attempt ' .. attempt .. ' failed (' .. msg .. '); retrying', now, maxlen)
+        code = 'retry'
+      else
+        finish(p, id, j, new, exit_code, msg, now, maxlen)
+        code = 'ok'
+      end
+    elseif is_terminal(cur) and cur == new then
+      code = 'dup'
+    end
+  end
+  out[#out + 1] = code
+end
+return out

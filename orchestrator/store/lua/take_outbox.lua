@@ -1,0 +1,36 @@
+-- Take SCHEDULED jobs of one site for sending: mark them DISPATCHED and remember them as in
+-- flight until the agent acknowledges. With resend=1, first return the site's in-flight jobs
+-- again (after a reconnect or a dispatcher restart; the agent dedups on job id and attempt).
+-- KEYS: none (built from the prefix).
+-- ARGV: 1 prefix, 2 site id, 3 now (s), 4 events maxlen, 5 most jobs to take, 6 resend (0|1)
+-- Returns: flat list, 5 per job: job id, attempt, spec bytes, traceparent, GPU type
+local p, site, now, maxlen, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local skey = p .. 'site:' .. site
+local out = {}
+local function add(id, j)
+  local v = redis.call('HMGET', p .. 'job:' .. id, 'spec', 'tp')
+  out[#out + 1] = id
+  out[#out + 1] = j.attempt
+  out[#out + 1] = v[1]
+  out[#out + 1] = v[2] or ''
+  out[#out + 1] = j.gpu_type
+end
+if ARGV[6] == '1' then
+  for _, id in ipairs(redis.call('ZRANGE', skey .. ':inflight', 0, -1)) do
+    local j = load_job(p, id)
+    if j and j.state == '3' and j.site == site then add(id, j)
+    else redis.call('ZREM', skey .. ':inflight', id) end
+  end
+end
+for _, id in ipairs(redis.call('ZRANGE', skey .. ':outbox', 0, limit - 1)) do
+  redis.call('ZREM', skey .. ':outbox', id)
+  local j = load_job(p, id)
+  if j and j.state == '2' and j.site == site then
+    redis.call('HSET', p .. 'job:' .. id, 'state', '3', 'updated', now,
+               'reason', 'sent to ' .. site)
+    redis.call('ZADD', skey .. ':inflight', now, id)
+    emit(p, id, '3', j.attempt, site, 'dispatched to ' .. site, now, '', maxlen)
+    add(id, j)
+  end
+end
+return out

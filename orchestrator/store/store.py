@@ -1,0 +1,614 @@
+"""The queue store: jobs, queues, sites and events in Redis, every change one Lua script.
+
+Domain code: raises ``orchestrator.errors`` classes, never imports gRPC. A Redis that cannot be
+reached raises ``StoreUnavailableError`` and nothing is half-written (each change is one script).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator.config import RedisConfig
+from orchestrator.errors import (
+    IllegalTransitionError,
+    JobNotFoundError,
+    SiteNotFoundError,
+    StoreUnavailableError,
+)
+from orchestrator.ids import new_job_id
+from orchestrator.states import JobState
+from orchestrator.store.keys import Keys
+from orchestrator.store.scripts import Scripts
+
+__all__ = [
+    "Ack",
+    "Assignment",
+    "Decision",
+    "JobStore",
+    "PendingRef",
+    "SiteRecord",
+    "StatusReport",
+    "pending_score",
+]
+
+log = logging.getLogger(__name__)
+
+EVENTS_MAXLEN = 100_000
+IDEMPOTENCY_TTL_SECONDS = 7 * 24 * 3600
+_CLASS_SPAN = 10**13  # ms; pending score = (CRITICAL - class) * span + submit ms
+_LIST_SCAN = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRef:
+    """A pending job as the scheduler first sees it: id, attempt and queue order."""
+
+    job_id: str
+    attempt: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Place attempt ``attempt`` of ``job_id`` on ``site`` using GPUs of ``gpu_type``."""
+
+    job_id: str
+    attempt: int
+    site: str
+    gpu_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A job taken from a site's outbox, ready to send to the agent."""
+
+    job_id: str
+    attempt: int
+    spec: bytes
+    traceparent: str
+    gpu_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The agent's answer to one assignment."""
+
+    job_id: str
+    attempt: int
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """One attempt state change reported by an agent."""
+
+    job_id: str
+    attempt: int
+    state: JobState
+    exit_code: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRecord:
+    """A site as the scheduler needs it: registration, state, capacity and use."""
+
+    site: types_pb2.Site
+    state: int
+    capacity_gpus: dict[str, int]
+    capacity_cpus: int
+    capacity_memory_mb: int
+    used_gpus: dict[str, int]
+    used_cpus: int
+    used_memory_mb: int
+    active_jobs: int
+    last_heartbeat: float | None
+    connected_by: str
+
+
+def _s(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ts(seconds: str) -> Timestamp:
+    ts = Timestamp()
+    if seconds:
+        ts.FromNanoseconds(int(float(seconds) * 1e9))
+    return ts
+
+
+def _now() -> str:
+    return f"{time.time():.6f}"
+
+
+@contextlib.contextmanager
+def _unavailable_as_error() -> Any:
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailableError(f"queue store (Redis) unreachable: {exc}") from exc
+    except redis.exceptions.BusyLoadingError as exc:
+        raise StoreUnavailableError("queue store (Redis) is loading its data; retry") from exc
+
+
+def pending_score(priority: int, submit_ms: int) -> int:
+    """Queue order: higher priority class first, then earlier submit."""
+    return (types_pb2.PRIORITY_CLASS_CRITICAL - priority) * _CLASS_SPAN + submit_ms
+
+
+class JobStore:
+    """Jobs, queues, sites and events in one Redis, under one key prefix."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "sg:") -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.prefix = prefix
+        self._scripts = Scripts(client)
+
+    @classmethod
+    def from_config(cls, config: RedisConfig) -> JobStore:
+        """A store on a new connection pool for ``config`` (connects lazily)."""
+        kwargs: dict[str, Any] = {
+            "socket_timeout": config.socket_timeout,
+            "socket_connect_timeout": config.socket_timeout,
+            "health_check_interval": 30,
+        }
+        if config.ssl_ca_certs:
+            kwargs["ssl_ca_certs"] = config.ssl_ca_certs
+        client = aioredis.Redis.from_url(config.url, **kwargs)
+        return cls(client, prefix=config.prefix)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailableError`` unless Redis answers."""
+        with _unavailable_as_error():
+            await self.client.ping()
+
+    async def durability_warnings(self) -> list[str]:
+        """What about the server's persistence settings could lose an acknowledged submit."""
+        with _unavailable_as_error():
+            aof = await self.client.config_get("appendonly")
+            fsync = await self.client.config_get("appendfsync")
+        warnings = []
+        if _s(aof.get("appendonly")) != "yes":
+            warnings.append(
+                "Redis has appendonly=no: acknowledged jobs are lost if Redis crashes "
+                "(set appendonly yes and appendfsync always)"
+            )
+        elif _s(fsync.get("appendfsync")) != "always":
+            warnings.append(
+                f"Redis has appendfsync={_s(fsync.get('appendfsync'))}: up to a second of "
+                "acknowledged jobs can be lost if the host crashes (set appendfsync always)"
+            )
+        return warnings
+
+    # ---------------------------------------------------------------- jobs
+
+    async def submit(
+        self, spec: types_pb2.JobSpec, *, traceparent: str = ""
+    ) -> tuple[types_pb2.Job, bool]:
+        """Enqueue a normalised spec. Returns the job and whether it was a deduplicated retry."""
+        now = time.time()
+        submit_ms = int(now * 1000)
+        job_id = new_job_id(now)
+        res = spec.resources
+        nodes = max(res.nodes, 1)
+        with _unavailable_as_error():
+            found_id, dedup = await self._scripts.run(
+                "submit",
+                [
+                    self.prefix, job_id, spec.SerializeToString(), spec.tenant, spec.queue,
+                    int(spec.priority), max(spec.max_attempts, 1), f"{now:.6f}",
+                    pending_score(spec.priority, submit_ms), traceparent,
+                    res.gpus * nodes, res.cpus * nodes, res.memory_mb * nodes,
+                    spec.client_request_id, IDEMPOTENCY_TTL_SECONDS, EVENTS_MAXLEN, submit_ms,
+                ],
+            )  # fmt: skip
+        return await self.get_job(_s(found_id)), bool(int(dedup))
+
+    async def get_job(self, job_id: str) -> types_pb2.Job:
+        """One job. Raises ``JobNotFoundError``."""
+        with _unavailable_as_error():
+            fields = await self.client.hgetall(self.keys.job(job_id))
+        if not fields:
+            raise JobNotFoundError(job_id)
+        return self._job_from_hash(job_id, fields)
+
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[types_pb2.Job]:
+        """Several jobs in one round trip; missing ones are left out."""
+        with _unavailable_as_error():
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hgetall(self.keys.job(job_id))
+                rows = await pipe.execute()
+        return [self._job_from_hash(j, f) for j, f in zip(job_ids, rows, strict=True) if f]
+
+    async def job_trace(self, job_id: str) -> str:
+        """The traceparent recorded with the job at submit."""
+        with _unavailable_as_error():
+            return _s(await self.client.hget(self.keys.job(job_id), "tp"))
+
+    def _job_from_hash(self, job_id: str, f: dict[bytes, bytes]) -> types_pb2.Job:
+        g = {k.decode(): v for k, v in f.items()}
+        job = types_pb2.Job(
+            id=job_id,
+            state=int(_s(g.get("state")) or 0),  # type: ignore[arg-type]
+            attempt=int(_s(g.get("attempt")) or 0),
+            site=_s(g.get("site")),
+            reason=_s(g.get("reason")),
+            unschedulable=_s(g.get("unsched")) == "1",
+            cancel_requested=_s(g.get("cancel")) == "1",
+        )
+        job.spec.ParseFromString(g.get("spec", b""))
+        if "exit_code" in g:
+            job.exit_code = int(_s(g["exit_code"]))
+            job.has_exit_code = True
+        for field, key in (
+            ("created_at", "created"),
+            ("updated_at", "updated"),
+            ("started_at", "started"),
+            ("finished_at", "finished"),
+        ):
+            if g.get(key):
+                getattr(job, field).CopyFrom(_ts(_s(g[key])))
+        return job
+
+    async def list_jobs(
+        self,
+        *,
+        states: Iterable[JobState] = (),
+        tenant: str = "",
+        queue: str = "",
+        site: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> tuple[list[types_pb2.Job], str]:
+        """Jobs newest first. Returns a page and the token of the next ("" at the end).
+
+        Scans at most a few pages of ids per call, so a filter that matches rarely returns a
+        short (possibly empty) page with a token to go on from.
+        """
+        want = {int(s.value) for s in states}
+        page_size = max(1, min(page_size or 100, 1000))
+        cursor = f"({page_token}" if page_token else "+"
+        out: list[types_pb2.Job] = []
+        scanned = 0
+        last = ""
+        with _unavailable_as_error():
+            while len(out) < page_size and scanned < 20 * max(page_size, _LIST_SCAN):
+                ids = [
+                    _s(i)
+                    for i in await self.client.zrevrangebylex(
+                        self.keys.jobs, cursor, "-", start=0, num=_LIST_SCAN
+                    )
+                ]
+                if not ids:
+                    return out, ""
+                scanned += len(ids)
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for job_id in ids:
+                        pipe.hmget(self.keys.job(job_id), "state", "tenant", "queue", "site")
+                    rows = await pipe.execute()
+                matched: list[str] = []
+                for job_id, (st, tn, qu, si) in zip(ids, rows, strict=True):
+                    last = job_id
+                    if st is None:
+                        continue
+                    if (
+                        (not want or int(st) in want)
+                        and (not tenant or _s(tn) == tenant)
+                        and (not queue or _s(qu) == queue)
+                        and (not site or _s(si) == site)
+                    ):
+                        matched.append(job_id)
+                        if len(out) + len(matched) == page_size:
+                            break
+                out.extend(await self.get_jobs(matched))
+                cursor = f"({last}"
+                if len(ids) < _LIST_SCAN and len(out) < page_size:
+                    return out, ""
+        return out, last
+
+    async def cancel(self, job_id: str, reason: str = "") -> types_pb2.Job:
+        """Cancel a job (idempotent). Raises ``IllegalTransitionError`` if it already ended."""
+        with _unavailable_as_error():
+            code, state = await self._scripts.run(
+                "cancel", [self.prefix, job_id, _now(), EVENTS_MAXLEN, reason]
+            )
+        code = _s(code)
+        if code == "missing":
+            raise JobNotFoundError(job_id)
+        if code == "terminal" and int(state) != JobState.CANCELLED.value:
+            raise IllegalTransitionError(job_id, JobState(int(state)).name, "cancel")
+        return await self.get_job(job_id)
+
+    async def events(
+        self, job_id: str, *, after: str = "", block_ms: int | None = None, count: int = 500
+    ) -> list[types_pb2.JobEvent]:
+        """Events of a job after cursor ``after`` ("" = from the start).
+
+        With ``block_ms``, waits up to that long for the first new one.
+        """
+        key = self.keys.job_events(job_id)
+        with _unavailable_as_error():
+            if block_ms is None:
+                start = f"({after}" if after else "-"
+                rows = await self.client.xrange(key, start, "+", count=count)
+            else:
+                res = await self.client.xread({key: after or "0-0"}, count=count, block=block_ms)
+                rows = res[0][1] if res else []
+        return [self._event(job_id, eid, f) for eid, f in rows]
+
+    async def follow_events(
+        self, job_id: str, *, after: str = "", poll_ms: int = 1000
+    ) -> AsyncIterator[types_pb2.JobEvent]:
+        """Every event after ``after``, then new ones as they come, until a terminal one."""
+        cursor = after
+        backlog = await self.events(job_id, after=cursor)
+        while True:
+            for event in backlog:
+                cursor = event.event_id
+                yield event
+                if JobState(event.state).is_terminal():
+                    return
+            backlog = await self.events(job_id, after=cursor or "0-0", block_ms=poll_ms)
+
+    @staticmethod
+    def _event(job_id: str, eid: bytes, f: dict[bytes, bytes]) -> types_pb2.JobEvent:
+        g = {k.decode(): _s(v) for k, v in f.items()}
+        ev = types_pb2.JobEvent(
+            event_id=_s(eid),
+            job_id=job_id,
+            state=int(g.get("state", "0")),  # type: ignore[arg-type]
+            attempt=int(g.get("attempt", "0")),
+            site=g.get("site", ""),
+            message=g.get("msg", ""),
+        )
+        ev.time.CopyFrom(_ts(g.get("t", "")))
+        if g.get("exit"):
+            ev.exit_code = int(g["exit"])
+            ev.has_exit_code = True
+        return ev
+
+    # ---------------------------------------------------------------- sites
+
+    async def register_site(self, site: types_pb2.Site) -> types_pb2.SiteStatus:
+        """Register (or update) a normalised site registration."""
+        caps: list[Any] = [
+            "cap:cpus", site.cpus, "cap:mem", site.memory_mb,
+        ]  # fmt: skip
+        for pool in site.gpus:
+            caps += [f"cap:gpu:{pool.type}", pool.count]
+        with _unavailable_as_error():
+            await self._scripts.run(
+                "register_site", [self.prefix, site.id, site.SerializeToString(), _now(), *caps]
+            )
+            await self._scripts.run("reconsider", [self.prefix])
+        return await self.get_site(site.id)
+
+    async def set_site_state(self, site_id: str, state: int) -> types_pb2.SiteStatus:
+        """Set a site's administrative state. Raises ``SiteNotFoundError``."""
+        with _unavailable_as_error():
+            ok = await self._scripts.run(
+                "set_site_state", [self.prefix, site_id, int(state), _now()]
+            )
+            if not int(ok):
+                raise SiteNotFoundError(site_id)
+            if state == types_pb2.SITE_STATE_ACTIVE:
+                await self._scripts.run("reconsider", [self.prefix])
+        return await self.get_site(site_id)
+
+    async def site_records(self, site_ids: Sequence[str] | None = None) -> list[SiteRecord]:
+        """Sites (all, or the ones named) with state, capacity and use, ordered by id."""
+        with _unavailable_as_error():
+            if site_ids is None:
+                site_ids = sorted(_s(s) for s in await self.client.smembers(self.keys.sites))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for sid in site_ids:
+                    pipe.hgetall(self.keys.site(sid))
+                    pipe.hgetall(self.keys.site_used(sid))
+                    pipe.scard(self.keys.site_active(sid))
+                rows = await pipe.execute()
+        out = []
+        for i, sid in enumerate(site_ids):
+            info, used, active = rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]
+            if not info:
+                continue
+            g = {k.decode(): v for k, v in info.items()}
+            u = {k.decode(): int(v) for k, v in used.items()}
+            site = types_pb2.Site()
+            site.ParseFromString(g.get("reg", b""))
+            hb = _s(g.get("hb"))
+            out.append(
+                SiteRecord(
+                    site=site,
+                    state=int(_s(g.get("state")) or 0),
+                    capacity_gpus={
+                        k[len("cap:gpu:") :]: int(v)
+                        for k, v in g.items()
+                        if k.startswith("cap:gpu:")
+                    },
+                    capacity_cpus=int(_s(g.get("cap:cpus")) or 0),
+                    capacity_memory_mb=int(_s(g.get("cap:mem")) or 0),
+                    used_gpus={k[4:]: v for k, v in u.items() if k.startswith("gpu:") and v},
+                    used_cpus=u.get("cpus", 0),
+                    used_memory_mb=u.get("mem", 0),
+                    active_jobs=int(active),
+                    last_heartbeat=float(hb) if hb else None,
+                    connected_by=_s(g.get("conn")),
+                )
+            )
+        return out
+
+    @staticmethod
+    def site_status(rec: SiteRecord) -> types_pb2.SiteStatus:
+        """The public view of a site record."""
+        status = types_pb2.SiteStatus(
+            site=rec.site,
+            state=rec.state,  # type: ignore[arg-type]
+            connected=bool(rec.connected_by),
+            active_jobs=rec.active_jobs,
+        )
+        for gpu_type, n in sorted(rec.used_gpus.items()):
+            status.gpus_used.add(type=gpu_type, count=n)
+        if rec.last_heartbeat is not None:
+            status.last_heartbeat.CopyFrom(_ts(f"{rec.last_heartbeat}"))
+        return status
+
+    async def get_site(self, site_id: str) -> types_pb2.SiteStatus:
+        """One site with its status. Raises ``SiteNotFoundError``."""
+        recs = await self.site_records([site_id])
+        if not recs:
+            raise SiteNotFoundError(site_id)
+        return self.site_status(recs[0])
+
+    async def list_sites(self) -> list[types_pb2.SiteStatus]:
+        """All sites with their status, ordered by id."""
+        return [self.site_status(r) for r in await self.site_records()]
+
+    async def sites_version(self) -> int:
+        """A counter bumped by every site registration or state change."""
+        with _unavailable_as_error():
+            return int(await self.client.get(self.keys.sites_version) or 0)
+
+    # ---------------------------------------------------------------- scheduler
+
+    async def pending_window(self, limit: int) -> list[PendingRef]:
+        """The first ``limit`` pending jobs across all queues, in queue order."""
+        with _unavailable_as_error():
+            queues = sorted(_s(q) for q in await self.client.smembers(self.keys.queues))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for q in queues:
+                    pipe.zrange(self.keys.pending(q), 0, limit - 1, withscores=True)
+                per_queue = await pipe.execute()
+            merged = heapq.nsmallest(
+                limit, ((score, _s(jid)) for rows in per_queue for jid, score in rows)
+            )
+            async with self.client.pipeline(transaction=False) as pipe:
+                for _, jid in merged:
+                    pipe.hmget(self.keys.job(jid), "attempt", "state")
+                rows = await pipe.execute()
+        return [
+            PendingRef(jid, int(att), score)
+            for (score, jid), (att, st) in zip(merged, rows, strict=True)
+            if att is not None and _s(st) == "1"
+        ]
+
+    async def job_specs(self, job_ids: Sequence[str]) -> dict[str, types_pb2.JobSpec]:
+        """Specs of the given jobs (for the scheduler's cache)."""
+        with _unavailable_as_error():
+            async with self.client.pipeline(transaction=False) as pipe:
+                for jid in job_ids:
+                    pipe.hget(self.keys.job(jid), "spec")
+                rows = await pipe.execute()
+        out = {}
+        for jid, raw in zip(job_ids, rows, strict=True):
+            if raw is not None:
+                spec = types_pb2.JobSpec()
+                spec.ParseFromString(raw)
+                out[jid] = spec
+        return out
+
+    async def commit(self, decisions: Sequence[Decision]) -> list[str]:
+        """Commit placements atomically; one result code per decision (see commit.lua)."""
+        if not decisions:
+            return []
+        args: list[Any] = [self.prefix, _now(), EVENTS_MAXLEN]
+        for d in decisions:
+            args += [d.job_id, d.attempt, d.site, d.gpu_type]
+        with _unavailable_as_error():
+            return [_s(c) for c in await self._scripts.run("commit", args)]
+
+    async def mark_unschedulable(self, items: Sequence[tuple[str, int, str]]) -> int:
+        """Record (job id, attempt, reason) for jobs no registered site can ever run."""
+        if not items:
+            return 0
+        args: list[Any] = [self.prefix, _now(), EVENTS_MAXLEN]
+        for job_id, attempt, reason in items:
+            args += [job_id, attempt, reason]
+        with _unavailable_as_error():
+            return int(await self._scripts.run("mark_unschedulable", args))
+
+    # ---------------------------------------------------------------- dispatcher
+
+    async def take_outbox(self, site_id: str, *, limit: int, resend: bool) -> list[Assignment]:
+        """Mark up to ``limit`` SCHEDULED jobs of a site DISPATCHED and return them."""
+        with _unavailable_as_error():
+            flat = await self._scripts.run(
+                "take_outbox",
+                [self.prefix, site_id, _now(), EVENTS_MAXLEN, limit, 1 if resend else 0],
+            )
+        return [
+            Assignment(_s(flat[i]), int(flat[i + 1]), flat[i + 2], _s(flat[i + 3]), _s(flat[i + 4]))
+            for i in range(0, len(flat), 5)
+        ]
+
+    async def has_outbox(self, site_id: str) -> bool:
+        """Whether the site has jobs waiting to be sent."""
+        with _unavailable_as_error():
+            return bool(await self.client.zcard(self.keys.site_outbox(site_id)))
+
+    async def record_acks(self, site_id: str, acks: Sequence[Ack]) -> list[str]:
+        """Apply the agent's answers to assignments (see ack.lua)."""
+        if not acks:
+            return []
+        args: list[Any] = [self.prefix, site_id, _now(), EVENTS_MAXLEN]
+        for a in acks:
+            args += [a.job_id, a.attempt, 1 if a.accepted else 0, a.reason]
+        with _unavailable_as_error():
+            return [_s(c) for c in await self._scripts.run("ack", args)]
+
+    async def apply_status(self, site_id: str, reports: Sequence[StatusReport]) -> list[str]:
+        """Apply status reports from a site's agent (see status.lua)."""
+        if not reports:
+            return []
+        args: list[Any] = [self.prefix, site_id, _now(), EVENTS_MAXLEN]
+        for r in reports:
+            exit_code = "" if r.exit_code is None else str(r.exit_code)
+            args += [r.job_id, r.attempt, r.state.value, exit_code, r.message]
+        with _unavailable_as_error():
+            return [_s(c) for c in await self._scripts.run("status", args)]
+
+    async def pending_cancels(self, site_id: str) -> list[tuple[str, int]]:
+        """(job id, attempt) cancels to deliver to a site."""
+        with _unavailable_as_error():
+            members = await self.client.smembers(self.keys.site_cancels(site_id))
+        out = []
+        for m in members:
+            job_id, _, attempt = _s(m).rpartition(":")
+            out.append((job_id, int(attempt)))
+        return sorted(out)
+
+    async def record_heartbeat(
+        self, site_id: str, *, dispatcher_id: str, at: float | None = None
+    ) -> None:
+        """Note that ``dispatcher_id`` holds the site's stream and heard from it now."""
+        with _unavailable_as_error():
+            await self.client.hset(
+                self.keys.site(site_id),
+                mapping={"hb": f"{at or time.time():.6f}", "conn": dispatcher_id},
+            )
+
+    async def record_disconnect(self, site_id: str, *, dispatcher_id: str) -> None:
+        """Clear the connected mark if ``dispatcher_id`` still holds it."""
+        key = self.keys.site(site_id)
+        with _unavailable_as_error():
+            if _s(await self.client.hget(key, "conn")) == dispatcher_id:
+                await self.client.hdel(key, "conn")

@@ -1,0 +1,149 @@
+"""OpenTelemetry helpers: carry one trace per job across gRPC, Redis and the job's environment.
+
+Library code uses only ``opentelemetry-api`` through these helpers. ``configure_tracing`` (SDK
+and exporters) is for entrypoints only: the CLI, the control plane supervisor, the agent.
+
+A job's trace context travels as a W3C ``traceparent`` string: in gRPC metadata from the SDK to
+the API server, in the job's Redis record to the scheduler and dispatcher, in each Assignment to
+the agent, and into the job's own process as ``TRACEPARENT``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+__all__ = [
+    "TRACEPARENT_KEY",
+    "configure_tracing",
+    "context_from_metadata",
+    "context_from_traceparent",
+    "current_traceparent",
+    "get_tracer",
+    "metadata_with_trace",
+    "span_traceparent",
+    "start_span_from",
+]
+
+log = logging.getLogger(__name__)
+
+TRACEPARENT_KEY = "traceparent"
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def get_tracer(name: str) -> Tracer:
+    """The tracer for one module (``get_tracer(__name__)``)."""
+    return trace.get_tracer(name)
+
+
+def current_traceparent() -> str:
+    """The W3C traceparent of the current span, or "" when there is none."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get(TRACEPARENT_KEY, "")
+
+
+def span_traceparent(span: Span) -> str:
+    """The W3C traceparent naming ``span`` as parent."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get(TRACEPARENT_KEY, "")
+
+
+def context_from_traceparent(traceparent: str) -> otel_context.Context:
+    """A context whose parent span is the one ``traceparent`` names (empty context if blank)."""
+    if not traceparent:
+        return otel_context.Context()
+    return _PROPAGATOR.extract({TRACEPARENT_KEY: traceparent})
+
+
+def context_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> otel_context.Context:
+    """Extract the caller's trace context from gRPC invocation metadata."""
+    for key, value in metadata or ():
+        if key == TRACEPARENT_KEY and isinstance(value, str):
+            return context_from_traceparent(value)
+    return otel_context.Context()
+
+
+def metadata_with_trace(
+    metadata: Sequence[tuple[str, str]] = (),
+) -> list[tuple[str, str]]:
+    """``metadata`` plus the current span's traceparent, for an outgoing gRPC call."""
+    out = [(k, v) for k, v in metadata if k != TRACEPARENT_KEY]
+    tp = current_traceparent()
+    if tp:
+        out.append((TRACEPARENT_KEY, tp))
+    return out
+
+
+@contextmanager
+def start_span_from(
+    tracer: Tracer,
+    name: str,
+    traceparent: str,
+    attributes: Mapping[str, str | int | float | bool] | None = None,
+) -> Iterator[Span]:
+    """Start a span whose parent is named by ``traceparent`` (a new trace if blank)."""
+    ctx = context_from_traceparent(traceparent)
+    with tracer.start_as_current_span(name, context=ctx, attributes=attributes) as span:
+        yield span
+
+
+def configure_tracing(service_name: str, env: Mapping[str, str]) -> bool:
+    """Install a TracerProvider with exporters chosen by the standard ``OTEL_*`` variables.
+
+    ``OTEL_TRACES_EXPORTER`` is ``otlp``, ``console`` or ``none``; when unset, OTLP is used if
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set, else nothing is
+    exported. ``OTEL_SDK_DISABLED=true`` turns tracing off. Returns whether a provider was
+    installed. Call once, from an entrypoint.
+    """
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporter_name = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    has_endpoint = bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    if not exporter_name:
+        exporter_name = "otlp" if has_endpoint else "none"
+    if exporter_name == "none":
+        return False
+
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
+
+    exporter: SpanExporter
+    if exporter_name == "console":
+        exporter = ConsoleSpanExporter()
+    elif exporter_name == "otlp":
+        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        if protocol.startswith("http"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter as HttpExporter,
+            )
+
+            exporter = HttpExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
+
+            exporter = GrpcExporter()
+    else:
+        log.warning("OTEL_TRACES_EXPORTER=%s is not supported; tracing is off", exporter_name)
+        return False
+    name = env.get("OTEL_SERVICE_NAME", service_name)
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return True

@@ -1,0 +1,180 @@
+"""Validation and normalisation of job specs and site registrations (domain code, no gRPC).
+
+``normalize_spec`` returns a copy with defaults filled in, or raises ``InvalidSpecError``
+naming the first bad field by its dotted path.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator.errors import InvalidSpecError
+
+__all__ = [
+    "MAX_ARGS",
+    "normalize_site",
+    "normalize_spec",
+    "validate_job_id",
+    "validate_site_id",
+]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SITE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_JOB_ID_RE = re.compile(r"^j-[0-9a-z]{10}-[0-9a-z]{6}$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+_COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+_GPU_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+
+MAX_ARGS = 4096
+_MAX_ARG_BYTES = 128 * 1024
+_MAX_ENV = 256
+_MAX_LABELS = 64
+_MAX_VALUE = 4096
+_MAX_GPUS_PER_NODE = 64
+_MAX_NODES = 4096
+_RESERVED_ENV = frozenset({"JOB_ID", "JOB_ATTEMPT", "TRACEPARENT", "CUDA_VISIBLE_DEVICES"})
+
+DEFAULT_CPUS = 1
+DEFAULT_MEMORY_MB = 1024
+
+
+def _check_text(field: str, value: str, *, max_len: int = _MAX_VALUE) -> None:
+    if len(value) > max_len:
+        raise InvalidSpecError(field, f"longer than {max_len} characters")
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if cat == "Cc" or (cat == "Cf" and ch not in "\u200d"):
+            raise InvalidSpecError(field, f"contains control character U+{ord(ch):04X}")
+
+
+def _check_name(field: str, value: str, pattern: re.Pattern[str], what: str) -> None:
+    if not pattern.match(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidSpecError(field, f"{shown!r} is not {what}")
+
+
+def validate_job_id(job_id: str) -> None:
+    """Raise unless ``job_id`` has the shape of an id this server makes."""
+    _check_name("job_id", job_id, _JOB_ID_RE, "a job id (like j-01jc3k9x7m-4f9d2q)")
+
+
+def validate_site_id(site_id: str) -> None:
+    """Raise unless ``site_id`` is lowercase letters, digits and '-'."""
+    _check_name("site_id", site_id, _SITE_ID_RE, "a site id (lowercase letters, digits, '-')")
+
+
+def normalize_spec(spec: types_pb2.JobSpec) -> types_pb2.JobSpec:
+    """A validated copy of ``spec`` with defaults filled in."""
+    out = types_pb2.JobSpec()
+    out.CopyFrom(spec)
+    if not out.name:
+        raise InvalidSpecError("name", "is required")
+    _check_name("name", out.name, _NAME_RE, "1-128 letters, digits, '.', '_' or '-'")
+    if not out.tenant:
+        raise InvalidSpecError("tenant", "is required")
+    _check_name("tenant", out.tenant, _NAME_RE, "1-128 letters, digits, '.', '_' or '-'")
+    if not out.queue:
+        out.queue = "default"
+    _check_name("queue", out.queue, _NAME_RE, "1-128 letters, digits, '.', '_' or '-'")
+    if out.priority == types_pb2.PRIORITY_CLASS_UNSPECIFIED:
+        out.priority = types_pb2.PRIORITY_CLASS_NORMAL
+    elif out.priority not in types_pb2.PriorityClass.values():
+        raise InvalidSpecError("priority", f"unknown priority class {out.priority}")
+
+    if not out.command:
+        raise InvalidSpecError("command", "needs at least one element (the program)")
+    if len(out.command) > MAX_ARGS:
+        raise InvalidSpecError("command", f"more than {MAX_ARGS} arguments")
+    if not out.command[0].strip():
+        raise InvalidSpecError("command[0]", "the program is empty")
+    for i, arg in enumerate(out.command):
+        if "\x00" in arg:
+            raise InvalidSpecError(f"command[{i}]", "contains a NUL byte")
+        if len(arg.encode()) > _MAX_ARG_BYTES:
+            raise InvalidSpecError(f"command[{i}]", f"longer than {_MAX_ARG_BYTES} bytes")
+
+    if len(out.env) > _MAX_ENV:
+        raise InvalidSpecError("env", f"more than {_MAX_ENV} variables")
+    for key, value in out.env.items():
+        if not _ENV_KEY_RE.match(key):
+            raise InvalidSpecError(f"env.{key[:40]}", "is not a valid variable name")
+        if key in _RESERVED_ENV:
+            raise InvalidSpecError(f"env.{key}", "is set by the orchestrator")
+        if "\x00" in value or len(value) > _MAX_VALUE:
+            raise InvalidSpecError(f"env.{key}", f"NUL byte or longer than {_MAX_VALUE}")
+
+    res = out.resources
+    if res.gpus > _MAX_GPUS_PER_NODE:
+        raise InvalidSpecError("resources.gpus", f"at most {_MAX_GPUS_PER_NODE} per node")
+    if res.gpu_type:
+        _check_name("resources.gpu_type", res.gpu_type, _GPU_TYPE_RE, "a GPU type name")
+        if res.gpus == 0:
+            raise InvalidSpecError("resources.gpu_type", "set, but resources.gpus is 0")
+    if res.nodes == 0:
+        res.nodes = 1
+    if res.nodes > _MAX_NODES:
+        raise InvalidSpecError("resources.nodes", f"at most {_MAX_NODES}")
+    if res.cpus == 0:
+        res.cpus = DEFAULT_CPUS
+    if res.memory_mb == 0:
+        res.memory_mb = DEFAULT_MEMORY_MB
+
+    seen: set[str] = set()
+    for i, code in enumerate(out.placement.allowed_jurisdictions):
+        field = f"placement.allowed_jurisdictions[{i}]"
+        if not _COUNTRY_RE.match(code):
+            raise InvalidSpecError(field, f"{code[:20]!r} is not an ISO 3166-1 alpha-2 code")
+        if code in seen:
+            raise InvalidSpecError(field, f"{code} is listed twice")
+        seen.add(code)
+    for name in ("preferred_sites", "excluded_sites"):
+        for i, site in enumerate(getattr(out.placement, name)):
+            _check_name(f"placement.{name}[{i}]", site, _SITE_ID_RE, "a site id")
+
+    if out.image:
+        _check_text("image", out.image, max_len=512)
+    if out.max_attempts == 0:
+        out.max_attempts = 1
+    if out.max_attempts > 100:
+        raise InvalidSpecError("max_attempts", "at most 100")
+    if len(out.labels) > _MAX_LABELS:
+        raise InvalidSpecError("labels", f"more than {_MAX_LABELS} labels")
+    for key, value in out.labels.items():
+        _check_name(f"labels.{key[:40]}", key, _LABEL_KEY_RE, "a label key")
+        _check_text(f"labels.{key}", value, max_len=256)
+    if out.client_request_id:
+        _check_name(
+            "client_request_id", out.client_request_id, _NAME_RE, "1-128 letters, digits, '.-_'"
+        )
+    return out
+
+
+def normalize_site(site: types_pb2.Site) -> types_pb2.Site:
+    """A validated copy of a site registration."""
+    out = types_pb2.Site()
+    out.CopyFrom(site)
+    _check_name("site.id", out.id, _SITE_ID_RE, "a site id (lowercase letters, digits, '-')")
+    if not out.name:
+        out.name = out.id
+    _check_text("site.name", out.name, max_len=128)
+    if not _COUNTRY_RE.match(out.jurisdiction):
+        raise InvalidSpecError(
+            "site.jurisdiction", f"{out.jurisdiction[:20]!r} is not an ISO 3166-1 alpha-2 code"
+        )
+    types: set[str] = set()
+    for i, pool in enumerate(out.gpus):
+        _check_name(f"site.gpus[{i}].type", pool.type, _GPU_TYPE_RE, "a GPU type name")
+        if pool.type in types:
+            raise InvalidSpecError(f"site.gpus[{i}].type", f"{pool.type} is listed twice")
+        types.add(pool.type)
+    if out.power_cap_mw < 0:
+        raise InvalidSpecError("site.power_cap_mw", "must not be negative")
+    if not out.endpoint:
+        raise InvalidSpecError("site.endpoint", "is required (host:port of the site's agent)")
+    _check_text("site.endpoint", out.endpoint, max_len=256)
+    for i, region in enumerate(out.regions):
+        _check_name(f"site.regions[{i}]", region, _NAME_RE, "a region tag")
+    return out

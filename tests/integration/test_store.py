@@ -1,0 +1,244 @@
+"""The queue store against a real redis-server: every transition is one checked Lua script."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator.errors import (
+    IllegalTransitionError,
+    JobNotFoundError,
+    SiteNotFoundError,
+    StoreUnavailableError,
+)
+from orchestrator.states import JobState
+from orchestrator.store import Ack, Decision, JobStore, StatusReport
+from orchestrator.validation import normalize_site, normalize_spec
+
+
+def spec(name: str = "job", *, gpus: int = 0, gpu_type: str = "", allowed: tuple[str, ...] = (),
+         rid: str = "", max_attempts: int = 1, tenant: str = "acme") -> types_pb2.JobSpec:
+    s = types_pb2.JobSpec(name=name, tenant=tenant, command=["true"], client_request_id=rid,
+                          max_attempts=max_attempts)
+    s.resources.gpus = gpus
+    s.resources.gpu_type = gpu_type
+    s.placement.allowed_jurisdictions.extend(allowed)
+    return normalize_spec(s)
+
+
+def site(site_id: str = "narvik", *, jurisdiction: str = "NO", h100: int = 8) -> types_pb2.Site:
+    s = types_pb2.Site(id=site_id, name=site_id, jurisdiction=jurisdiction, cpus=64,
+                       memory_mb=512 * 1024, endpoint="127.0.0.1:1")
+    s.gpus.add(type="H100", count=h100)
+    return normalize_site(s)
+
+
+async def place(store: JobStore, job: types_pb2.Job, site_id: str = "narvik") -> str:
+    [code] = await store.commit([Decision(job.id, job.attempt, site_id, "H100")])
+    return code
+
+
+async def test_submit_get_and_events(store: JobStore) -> None:
+    job, dedup = await store.submit(spec("a"))
+    assert not dedup
+    assert job.state == JobState.PENDING.value and job.attempt == 1
+    assert job.spec.queue == "default" and job.spec.resources.cpus == 1
+    got = await store.get_job(job.id)
+    assert got == job
+    events = await store.events(job.id)
+    assert [e.message for e in events] == ["submitted"]
+
+
+async def test_idempotent_submit_returns_same_job(store: JobStore) -> None:
+    first, d1 = await store.submit(spec("a", rid="req-1"))
+    again, d2 = await store.submit(spec("a", rid="req-1"))
+    other, _ = await store.submit(spec("a", rid="req-1", tenant="other"))
+    assert (d1, d2) == (False, True)
+    assert again.id == first.id
+    assert other.id != first.id
+
+
+async def test_unknown_job_is_not_found(store: JobStore) -> None:
+    with pytest.raises(JobNotFoundError) as err:
+        await store.get_job("j-0000000000-000000")
+    assert err.value.job_id == "j-0000000000-000000"
+    with pytest.raises(JobNotFoundError):
+        await store.cancel("j-0000000000-000000")
+
+
+async def test_full_lifecycle_and_capacity_accounting(store: JobStore) -> None:
+    await store.register_site(site(h100=8))
+    job, _ = await store.submit(spec("a", gpus=4, gpu_type="H100"))
+    [ref] = await store.pending_window(10)
+    assert (ref.job_id, ref.attempt) == (job.id, 1)
+    assert await place(store, job) == "ok"
+    [rec] = await store.site_records()
+    assert rec.used_gpus == {"H100": 4} and rec.active_jobs == 1
+    assert await store.pending_window(10) == []
+
+    [a] = await store.take_outbox("narvik", limit=10, resend=False)
+    assert (a.job_id, a.attempt, a.gpu_type) == (job.id, 1, "H100")
+    assert (await store.get_job(job.id)).state == JobState.DISPATCHED.value
+    # the in-flight assignment is sent again after a reconnect, until acknowledged
+    assert [x.job_id for x in await store.take_outbox("narvik", limit=10, resend=True)] == [job.id]
+    assert await store.record_acks("narvik", [Ack(job.id, 1, True)]) == ["ok"]
+    assert await store.take_outbox("narvik", limit=10, resend=True) == []
+
+    running = StatusReport(job.id, 1, JobState.RUNNING)
+    assert await store.apply_status("narvik", [running]) == ["ok"]
+    assert await store.apply_status("narvik", [running]) == ["dup"]
+    done = StatusReport(job.id, 1, JobState.FAILED, exit_code=3, message="exit code 3")
+    assert await store.apply_status("narvik", [done]) == ["ok"]
+    final = await store.get_job(job.id)
+    assert final.state == JobState.FAILED.value
+    assert final.has_exit_code and final.exit_code == 3
+    assert final.HasField("finished_at")
+    [rec] = await store.site_records()
+    assert rec.used_gpus == {} and rec.active_jobs == 0
+    # a late or repeated report changes nothing
+    late = StatusReport(job.id, 1, JobState.SUCCEEDED, exit_code=0)
+    assert await store.apply_status("narvik", [late]) == ["stale"]
+    assert (await store.get_job(job.id)).state == JobState.FAILED.value
+
+
+async def test_commit_drops_decisions_whose_preconditions_changed(store: JobStore) -> None:
+    await store.register_site(site(h100=8))
+    a, _ = await store.submit(spec("a", gpus=6, gpu_type="H100"))
+    b, _ = await store.submit(spec("b", gpus=6, gpu_type="H100"))
+    codes = await store.commit(
+        [Decision(a.id, 1, "narvik", "H100"), Decision(b.id, 1, "narvik", "H100")]
+    )
+    assert codes == ["ok", "capacity"]
+    assert await store.commit([Decision(a.id, 1, "narvik", "H100")]) == ["stale"]
+    assert await store.commit([Decision(b.id, 2, "narvik", "H100")]) == ["stale"]
+    assert await store.commit([Decision(b.id, 1, "nowhere", "H100")]) == ["site"]
+    await store.set_site_state("narvik", types_pb2.SITE_STATE_CORDONED)
+    c, _ = await store.submit(spec("c", gpus=1, gpu_type="H100"))
+    assert await store.commit([Decision(c.id, 1, "narvik", "H100")]) == ["site"]
+
+
+async def test_stale_attempt_and_wrong_site_reports_are_ignored(store: JobStore) -> None:
+    await store.register_site(site())
+    await store.register_site(site("other", jurisdiction="SE"))
+    job, _ = await store.submit(spec("a", max_attempts=2))
+    await place(store, job)
+    await store.take_outbox("narvik", limit=10, resend=False)
+    fail = StatusReport(job.id, 1, JobState.FAILED, exit_code=1, message="exit code 1")
+    assert await store.apply_status("other", [fail]) == ["stale"]
+    assert await store.apply_status("narvik", [fail]) == ["retry"]
+    retried = await store.get_job(job.id)
+    assert (retried.state, retried.attempt, retried.site) == (JobState.PENDING.value, 2, "")
+    # attempt 1 can no longer change the job
+    ok = StatusReport(job.id, 1, JobState.SUCCEEDED, exit_code=0)
+    assert await store.apply_status("narvik", [ok]) == ["stale"]
+    assert (await store.get_job(job.id)).state == JobState.PENDING.value
+
+
+async def test_cancel_paths(store: JobStore) -> None:
+    await store.register_site(site())
+    pending, _ = await store.submit(spec("p"))
+    assert (await store.cancel(pending.id)).state == JobState.CANCELLED.value
+    assert (await store.cancel(pending.id)).state == JobState.CANCELLED.value  # idempotent
+    assert await store.pending_window(10) == []
+
+    running, _ = await store.submit(spec("r"))
+    await place(store, running)
+    await store.take_outbox("narvik", limit=10, resend=False)
+    after = await store.cancel(running.id, "no longer needed")
+    assert after.state == JobState.DISPATCHED.value and after.cancel_requested
+    assert await store.pending_cancels("narvik") == [(running.id, 1)]
+    # a late success still ends as CANCELLED: the cancel wins
+    done = StatusReport(running.id, 1, JobState.SUCCEEDED, exit_code=0, message="exit code 0")
+    assert await store.apply_status("narvik", [done]) == ["ok"]
+    assert (await store.get_job(running.id)).state == JobState.CANCELLED.value
+    assert await store.pending_cancels("narvik") == []
+
+    finished, _ = await store.submit(spec("f"))
+    await place(store, finished)
+    await store.take_outbox("narvik", limit=10, resend=False)
+    await store.apply_status("narvik", [StatusReport(finished.id, 1, JobState.SUCCEEDED, 0)])
+    with pytest.raises(IllegalTransitionError) as err:
+        await store.cancel(finished.id)
+    assert err.value.state == "SUCCEEDED"
+
+
+async def test_refusals(store: JobStore) -> None:
+    await store.register_site(site())
+    a, _ = await store.submit(spec("a"))
+    b, _ = await store.submit(spec("b"))
+    await store.commit([Decision(a.id, 1, "narvik"), Decision(b.id, 1, "narvik")])
+    await store.take_outbox("narvik", limit=10, resend=False)
+    codes = await store.record_acks(
+        "narvik",
+        [Ack(a.id, 1, False, "residency: job allows [SE], site is NO"),
+         Ack(b.id, 1, False, "insufficient capacity")],
+    )
+    assert codes == ["failed", "requeued"]
+    assert (await store.get_job(a.id)).state == JobState.FAILED.value
+    requeued = await store.get_job(b.id)
+    assert (requeued.state, requeued.attempt) == (JobState.PENDING.value, 2)
+
+
+async def test_unschedulable_and_reconsider(store: JobStore) -> None:
+    job, _ = await store.submit(spec("a", allowed=("JP",)))
+    assert await store.mark_unschedulable([(job.id, 1, "no site in [JP]")]) == 1
+    marked = await store.get_job(job.id)
+    assert marked.unschedulable and "no site in [JP]" in marked.reason
+    assert await store.pending_window(10) == []
+    await store.register_site(site("tokyo", jurisdiction="JP"))
+    assert [r.job_id for r in await store.pending_window(10)] == [job.id]
+
+
+async def test_list_jobs_filters_and_pages(store: JobStore) -> None:
+    ids = [(await store.submit(spec(f"j{i}")))[0].id for i in range(7)]
+    await store.cancel(ids[2])
+    page, token = await store.list_jobs(page_size=3)
+    assert [j.id for j in page] == ids[::-1][:3]
+    page2, token2 = await store.list_jobs(page_size=3, page_token=token)
+    assert [j.id for j in page2] == ids[::-1][3:6]
+    page3, token3 = await store.list_jobs(page_size=3, page_token=token2)
+    assert [j.id for j in page3] == ids[:1] and token3 == ""
+    cancelled, _ = await store.list_jobs(states=[JobState.CANCELLED])
+    assert [j.id for j in cancelled] == [ids[2]]
+    assert (await store.list_jobs(tenant="nobody"))[0] == []
+
+
+async def test_priority_orders_the_window(store: JobStore) -> None:
+    low = spec("low")
+    high = types_pb2.JobSpec()
+    high.CopyFrom(spec("high"))
+    high.priority = types_pb2.PRIORITY_CLASS_HIGH
+    a, _ = await store.submit(low)
+    b, _ = await store.submit(high)
+    assert [r.job_id for r in await store.pending_window(10)] == [b.id, a.id]
+
+
+async def test_site_not_found(store: JobStore) -> None:
+    with pytest.raises(SiteNotFoundError):
+        await store.get_site("nowhere")
+    with pytest.raises(SiteNotFoundError):
+        await store.set_site_state("nowhere", types_pb2.SITE_STATE_CORDONED)
+
+
+async def test_durability_settings_are_checked(store: JobStore) -> None:
+    assert await store.durability_warnings() == []
+    await store.client.config_set("appendfsync", "everysec")
+    try:
+        [warning] = await store.durability_warnings()
+        assert "appendfsync=everysec" in warning
+    finally:
+        await store.client.config_set("appendfsync", "always")
+
+
+async def test_unreachable_redis_is_unavailable_and_writes_nothing() -> None:
+    from orchestrator.config import RedisConfig
+    from orchestrator.store import free_port
+
+    dead = JobStore.from_config(
+        RedisConfig(url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)
+    )
+    try:
+        with pytest.raises(StoreUnavailableError, match="unreachable"):
+            await dead.submit(spec("a"))
+    finally:
+        await dead.close()
