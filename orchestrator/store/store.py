@@ -511,19 +511,21 @@ class JobStore:
             if att is not None and _s(st) == "1"
         ]
 
-    async def job_specs(self, job_ids: Sequence[str]) -> dict[str, types_pb2.JobSpec]:
-        """Specs of the given jobs (for the scheduler's cache)."""
+    async def job_specs(
+        self, job_ids: Sequence[str]
+    ) -> dict[str, tuple[types_pb2.JobSpec, str]]:
+        """Specs and traceparents of the given jobs (for the scheduler's cache)."""
         with _unavailable_as_error():
             async with self.client.pipeline(transaction=False) as pipe:
                 for jid in job_ids:
-                    pipe.hget(self.keys.job(jid), "spec")
+                    pipe.hmget(self.keys.job(jid), "spec", "tp")
                 rows = await pipe.execute()
         out = {}
-        for jid, raw in zip(job_ids, rows, strict=True):
+        for jid, (raw, tp) in zip(job_ids, rows, strict=True):
             if raw is not None:
                 spec = types_pb2.JobSpec()
                 spec.ParseFromString(raw)
-                out[jid] = spec
+                out[jid] = (spec, _s(tp))
         return out
 
     async def commit(self, decisions: Sequence[Decision]) -> list[str]:

@@ -47,6 +47,7 @@ local function release(p, id, j)
   redis.call('ZREM', p .. 'site:' .. site .. ':outbox', id)
   redis.call('ZREM', p .. 'site:' .. site .. ':inflight', id)
   redis.call('SREM', p .. 'site:' .. site .. ':cancels', id .. ':' .. j.attempt)
+  redis.call('PUBLISH', p .. 'wake', '1')  -- capacity came free: the scheduler may place more
 end
 
 -- Move a job to a terminal state (5, 6 or 7).

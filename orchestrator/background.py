@@ -1,0 +1,73 @@
+"""Run an asyncio main function on a private event loop in a daemon thread.
+
+Ray actors use this to run their loop from ``__init__``: a restarted actor (after ``kill -9``)
+starts its loop again by itself, with no one having to call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+__all__ = ["LoopThread"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LoopThread:
+    """``main(stop)`` runs on its own loop until ``stop()`` sets the event it was given."""
+
+    def __init__(self, main: Callable[[asyncio.Event], Awaitable[None]], *, name: str) -> None:
+        self._main = main
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> LoopThread:
+        """Start the thread and wait until the loop runs."""
+        self._thread.start()
+        self._ready.wait()
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def runner() -> None:
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._main(self._stop)
+
+        try:
+            self._loop.run_until_complete(runner())
+        except BaseException as exc:
+            self.error = exc
+            log.exception("%s: main loop failed", self._thread.name)
+        finally:
+            self._ready.set()
+            self._loop.close()
+
+    def call(self, factory: Callable[[], Awaitable[T]], *, timeout: float = 30.0) -> T:
+        """Run a coroutine on the loop from another thread and return its result."""
+
+        async def wrapped() -> T:
+            return await factory()
+
+        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(wrapped(), self._loop)
+        return fut.result(timeout)
+
+    def alive(self) -> bool:
+        """Whether the main function is still running."""
+        return self._thread.is_alive()
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """Ask the main function to return and wait for the thread."""
+        if self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)

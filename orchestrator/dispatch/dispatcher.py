@@ -1,0 +1,326 @@
+"""Dispatchers: each owns the long-lived gRPC streams to many sites.
+
+A dispatcher takes the sites whose id hashes to its index (``crc32(id) % count``), holds one
+``AgentService.Connect`` stream per site, sends batches of assignments from the site's outbox
+and cancels, and records what the agent answers (acks, status, heartbeats) in the store.
+Nothing durable lives here: after a restart, in-flight assignments are sent again and the agent
+drops duplicates by ``(job_id, attempt)``; unacknowledged status updates are resent by the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
+from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator.errors import StoreUnavailableError
+from orchestrator.states import JobState
+from orchestrator.store import Ack, Assignment, JobStore, StatusReport
+from orchestrator.tracing import get_tracer, span_traceparent, start_span_from
+
+__all__ = ["Dispatcher", "DispatcherOptions", "owner_of"]
+
+log = logging.getLogger(__name__)
+tracer = get_tracer(__name__)
+
+_BATCH = 500
+_Writer = Callable[[agent_pb2.ControlMessage], Awaitable[None]]
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def owner_of(site_id: str, count: int) -> int:
+    """Index of the dispatcher that owns ``site_id`` among ``count`` dispatchers."""
+    return zlib.crc32(site_id.encode()) % count
+
+
+@dataclass(frozen=True)
+class DispatcherOptions:
+    """Knobs of one dispatcher."""
+
+    index: int = 0
+    """This dispatcher's index among ``count``."""
+    count: int = 1
+    """How many dispatchers share the sites."""
+    dispatcher_id: str = "dispatcher-0"
+    """Name recorded on the sites it holds, for operators."""
+    heartbeat_interval_seconds: float = 1.0
+    """Heartbeat period asked of agents."""
+    kill_grace_seconds: float = 3.0
+    """SIGTERM-to-SIGKILL grace sent with cancels."""
+    refresh_seconds: float = 2.0
+    """How often the site registry is re-read for sites to connect or drop."""
+    sweep_seconds: float = 1.0
+    """How often each site's outbox and cancels are looked at without a notification."""
+
+
+class _SiteLink:
+    """One site's stream, reconnecting with backoff until stopped."""
+
+    def __init__(self, store: JobStore, site: types_pb2.Site, opts: DispatcherOptions) -> None:
+        self.store = store
+        self.site = site
+        self.opts = opts
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.connected = False
+
+    @property
+    def site_id(self) -> str:
+        return self.site.id
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"site-link-{self.site_id}")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.info("site %s: stream ended: %s %s", self.site_id, exc.code().name, exc.details())
+            except StoreUnavailableError as exc:
+                log.warning("site %s: %s", self.site_id, exc)
+            except Exception:
+                log.exception("site %s: stream failed", self.site_id)
+            finally:
+                if self.connected:
+                    self.connected = False
+                    with contextlib.suppress(StoreUnavailableError):
+                        await self.store.record_disconnect(
+                            self.site_id, dispatcher_id=self.opts.dispatcher_id
+                        )
+            if time.monotonic() - started > 10:
+                backoff = 0.2
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _session(self) -> None:
+        options = [
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.keepalive_time_ms", 20_000),
+        ]
+        async with grpc.aio.insecure_channel(self.site.endpoint, options=options) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            call = stub.Connect()
+            write_lock = asyncio.Lock()
+
+            async def write(msg: agent_pb2.ControlMessage) -> None:
+                async with write_lock:
+                    await call.write(msg)
+
+            await write(
+                agent_pb2.ControlMessage(
+                    hello=agent_pb2.ControlHello(
+                        site_id=self.site_id,
+                        dispatcher_id=self.opts.dispatcher_id,
+                        heartbeat_interval_seconds=self.opts.heartbeat_interval_seconds,
+                    )
+                )
+            )
+            first = await call.read()
+            if first is grpc.aio.EOF or not first.HasField("hello"):
+                raise ConnectionError(f"site {self.site_id}: agent sent no hello")
+            hello = first.hello
+            if hello.site_id != self.site_id:
+                raise ConnectionError(
+                    f"agent at {self.site.endpoint} is site {hello.site_id!r}, not {self.site_id!r}"
+                )
+            if hello.jurisdiction != self.site.jurisdiction:
+                log.error(
+                    "site %s: agent says jurisdiction %s but the registry says %s; "
+                    "the registry wins",
+                    self.site_id, hello.jurisdiction, self.site.jurisdiction,
+                )  # fmt: skip
+            await self.store.record_heartbeat(self.site_id, dispatcher_id=self.opts.dispatcher_id)
+            self.connected = True
+            log.info("site %s: connected to %s", self.site_id, self.site.endpoint)
+            reader = asyncio.create_task(self._read(call, write))
+            sender = asyncio.create_task(self._send(write))
+            try:
+                done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # raise what ended the session
+            finally:
+                for task in (reader, sender):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                call.cancel()
+
+    async def _send(self, write: _Writer) -> None:
+        resend = True  # a new stream: in-flight assignments and all cancels go again
+        sent_cancels: set[tuple[str, int]] = set()
+        while True:
+            self.wake.clear()
+            batch = await self.store.take_outbox(self.site_id, limit=_BATCH, resend=resend)
+            resend = False
+            if batch:
+                await write(agent_pb2.ControlMessage(dispatch=self._dispatch_batch(batch)))
+            cancels = [c for c in await self.store.pending_cancels(self.site_id)]
+            new = [c for c in cancels if c not in sent_cancels]
+            sent_cancels.intersection_update(cancels)
+            if new:
+                msg = agent_pb2.CancelBatch(
+                    cancels=[
+                        agent_pb2.Cancel(
+                            job_id=job_id,
+                            attempt=attempt,
+                            grace_seconds=self.opts.kill_grace_seconds,
+                            reason="cancel requested",
+                        )
+                        for job_id, attempt in new
+                    ]
+                )
+                await write(agent_pb2.ControlMessage(cancel=msg))
+                sent_cancels.update(new)
+            if len(batch) >= _BATCH:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.opts.sweep_seconds)
+
+    def _dispatch_batch(self, batch: Sequence[Assignment]) -> agent_pb2.DispatchBatch:
+        out = agent_pb2.DispatchBatch()
+        for a in batch:
+            with start_span_from(
+                tracer,
+                "dispatcher.dispatch",
+                a.traceparent,
+                attributes={"job.id": a.job_id, "job.attempt": a.attempt, "site.id": self.site_id},
+            ) as span:
+                item = out.assignments.add(
+                    job_id=a.job_id,
+                    attempt=a.attempt,
+                    traceparent=span_traceparent(span),
+                    gpu_type=a.gpu_type,
+                )
+                item.spec.ParseFromString(a.spec)
+        return out
+
+    async def _read(self, call: grpc.aio.StreamStreamCall, write: _Writer) -> None:
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                raise ConnectionError(f"site {self.site_id}: agent closed the stream")
+            kind = msg.WhichOneof("kind")
+            if kind == "acks":
+                acks = [Ack(a.job_id, a.attempt, a.accepted, a.reason) for a in msg.acks.acks]
+                codes = await self.store.record_acks(self.site_id, acks)
+                for ack, code in zip(acks, codes, strict=True):
+                    if not ack.accepted:
+                        log.warning(
+                            "site %s refused %s/%d: %s (%s)",
+                            self.site_id, ack.job_id, ack.attempt, ack.reason, code,
+                        )  # fmt: skip
+            elif kind == "status":
+                updates = msg.status.updates
+                reports = [
+                    StatusReport(
+                        job_id=u.job_id,
+                        attempt=u.attempt,
+                        state=JobState(u.state),
+                        exit_code=u.exit_code if u.has_exit_code else None,
+                        message=u.message,
+                    )
+                    for u in updates
+                ]
+                await self.store.apply_status(self.site_id, reports)
+                ack = agent_pb2.StatusAck(seqs=[u.seq for u in updates])
+                await write(agent_pb2.ControlMessage(status_ack=ack))
+            elif kind == "heartbeat":
+                await self.store.record_heartbeat(
+                    self.site_id, dispatcher_id=self.opts.dispatcher_id
+                )
+
+
+class Dispatcher:
+    """Holds the streams of the sites this dispatcher owns."""
+
+    def __init__(self, store: JobStore, options: DispatcherOptions | None = None) -> None:
+        self.store = store
+        self.opts = options or DispatcherOptions()
+        self.links: dict[str, _SiteLink] = {}
+
+    def connected_sites(self) -> list[str]:
+        """Ids of the sites whose stream is up."""
+        return sorted(s for s, link in self.links.items() if link.connected)
+
+    async def refresh(self) -> None:
+        """Start links for owned sites, restart ones whose endpoint changed, stop removed ones."""
+        records = await self.store.site_records()
+        owned = {
+            r.site.id: r.site
+            for r in records
+            if owner_of(r.site.id, self.opts.count) == self.opts.index and r.site.endpoint
+        }
+        for site_id in list(self.links):
+            link = self.links[site_id]
+            if site_id not in owned or owned[site_id].endpoint != link.site.endpoint:
+                await link.stop()
+                del self.links[site_id]
+        for site_id, site in owned.items():
+            if site_id not in self.links:
+                link = _SiteLink(self.store, site, self.opts)
+                link.start()
+                self.links[site_id] = link
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Keep the owned sites connected until ``stop`` is set."""
+        listener = asyncio.create_task(self._listen(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.refresh()
+                except StoreUnavailableError as exc:
+                    log.warning("dispatcher %s: %s", self.opts.dispatcher_id, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.opts.refresh_seconds)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            for link in self.links.values():
+                await link.stop()
+            self.links.clear()
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Wake a site's sender when the store announces new work or cancels for it."""
+        while not stop.is_set():
+            pubsub = self.store.client.pubsub()
+            try:
+                await pubsub.subscribe(self.store.keys.notify_channel)
+                while not stop.is_set():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None:
+                        continue
+                    data = msg["data"]
+                    site_id = data.decode() if isinstance(data, bytes) else str(data)
+                    link = self.links.get(site_id)
+                    if link is not None:
+                        link.wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - resubscribe after any connection trouble
+                log.debug("dispatcher notify channel: %s", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

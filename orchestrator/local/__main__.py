@@ -1,0 +1,7 @@
+"""``python -m orchestrator.local``: the embedded default's supervisor process."""
+
+import sys
+
+from orchestrator.local.supervisor import main
+
+sys.exit(main())

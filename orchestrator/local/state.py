@@ -1,0 +1,68 @@
+"""The embedded default's state file (``<state dir>/up.json``): where things run, for the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["UpState", "pid_alive", "read_state", "state_path", "write_state"]
+
+STATE_FILE = "up.json"
+
+
+@dataclass(frozen=True)
+class UpState:
+    """What ``sgctl up`` started."""
+
+    pid: int
+    """The supervisor process (its process group holds everything it started)."""
+    api: str
+    """Address of the API server."""
+    redis_url: str
+    """The queue store."""
+    state_dir: str
+    """Absolute state dir."""
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Site id -> {"pid", "endpoint"} of each demo agent."""
+    redis_pid: int | None = None
+    """The embedded redis-server, if this started one."""
+
+
+def state_path(state_dir: Path) -> Path:
+    """Path of the state file in ``state_dir``."""
+    return state_dir / STATE_FILE
+
+
+def write_state(state_dir: Path, state: UpState) -> None:
+    """Write atomically (a reader never sees half a file)."""
+    path = state_path(state_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(path)
+
+
+def read_state(state_dir: Path) -> UpState | None:
+    """The state file's content, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads(state_path(state_dir).read_text())
+        return UpState(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (and is not a zombie we could reap)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,252 @@
+"""The embedded default: Redis, Ray, the control plane, the API server and demo site agents,
+all on one machine, supervised by one process (``python -m orchestrator.local``).
+
+``sgctl up`` starts this process in its own session and waits for the state file; ``sgctl down``
+sends it SIGTERM, and it stops everything it started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.config import ControlPlaneConfig, RedisConfig
+from orchestrator.controlplane import ControlPlane
+from orchestrator.local.state import UpState, state_path, write_state
+from orchestrator.sitefile import SiteConfig, load_site_file
+from orchestrator.store import JobStore, LocalRedis
+from orchestrator.tracing import configure_tracing
+from orchestrator.validation import normalize_site
+
+__all__ = ["UpOptions", "main", "run_supervisor"]
+
+log = logging.getLogger(__name__)
+PROGRESS_FILE = "up.progress"
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What to start."""
+
+    state_dir: Path
+    """Redis data, Ray's temp dir, logs, agents' state, and the state file."""
+    sites_file: Path
+    """Site file; one demo agent is started per site in it."""
+    api_listen: str = "127.0.0.1:50051"
+    """API server address."""
+    redis_url: str | None = None
+    """An external Redis; None starts an embedded redis-server."""
+    ray_address: str | None = None
+    """An existing Ray cluster; None starts a local one."""
+    dispatchers: int = 2
+    """Dispatcher actors."""
+    start_agents: bool = True
+    """Start a demo agent per site (False: only register nothing; agents run elsewhere)."""
+    otel_env: Mapping[str, str] = field(default_factory=dict)
+    """OTEL_* variables passed on to the actors and agents."""
+
+
+class _Progress:
+    """Stage lines for ``sgctl up`` to show while it waits."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / PROGRESS_FILE
+        self.path.write_text("")
+
+    def __call__(self, line: str) -> None:
+        log.info("%s", line)
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+
+
+async def _start_agents(
+    opts: UpOptions, sites: list[SiteConfig], progress: _Progress
+) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
+    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    logs = opts.state_dir / "logs"
+    for site in sites:
+        sdir = opts.state_dir / "agents" / site.id
+        sdir.mkdir(parents=True, exist_ok=True)
+        ready = sdir / "ready"
+        ready.unlink(missing_ok=True)
+        with (logs / f"agent-{site.id}.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "agents",
+                    "--sites", str(opts.sites_file), "--site", site.id,
+                    "--listen", "127.0.0.1:0", "--state-dir", str(sdir),
+                    "--ready-file", str(ready),
+                ],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **opts.otel_env},
+            )  # fmt: skip
+        procs[site.id] = (proc, ready)
+    out: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    deadline = time.monotonic() + 60
+    while len(out) < len(procs):
+        for site_id, (proc, ready) in procs.items():
+            if site_id in out:
+                continue
+            if ready.exists():
+                out[site_id] = (proc, ready.read_text().strip())
+                progress(f"agent {site_id} serving on {out[site_id][1]}")
+            elif proc.poll() is not None:
+                raise RuntimeError(
+                    f"agent for site {site_id} exited with {proc.returncode}; "
+                    f"see {logs / f'agent-{site_id}.log'}"
+                )
+        if time.monotonic() > deadline:
+            raise TimeoutError("agents did not start within 60s")
+        await asyncio.sleep(0.05)
+    return out
+
+
+def _stop_process(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
+    """Start everything, write the state file, wait for ``stop``, stop everything."""
+    from orchestrator.api.server import ApiServer
+
+    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    (opts.state_dir / "logs").mkdir(exist_ok=True)
+    progress = _Progress(opts.state_dir)
+    sites = load_site_file(opts.sites_file) if opts.start_agents else []
+    redis_server: LocalRedis | None = None
+    control_plane: ControlPlane | None = None
+    api: ApiServer | None = None
+    agents: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    store: JobStore | None = None
+    try:
+        if opts.redis_url:
+            redis_url = opts.redis_url
+            progress(f"using Redis at {RedisConfig.from_url(redis_url).url.split('@')[-1]}")
+        else:
+            progress("starting Redis (append-only, fsync always)")
+            redis_server = LocalRedis(opts.state_dir / "redis")
+            redis_url = await asyncio.to_thread(redis_server.start)
+        config = ControlPlaneConfig(
+            redis=RedisConfig.from_url(redis_url),
+            dispatchers=opts.dispatchers,
+            api_listen=opts.api_listen,
+            ray_address=opts.ray_address,
+            state_dir=opts.state_dir,
+        )
+        store = JobStore.from_config(config.redis)
+        await store.ping()
+        for warning in await store.durability_warnings():
+            log.warning("%s", warning)
+            progress(f"WARNING: {warning}")
+        progress("starting Ray and the control plane (scheduler, dispatchers)")
+        control_plane = ControlPlane(config, otel_env=opts.otel_env)
+        await asyncio.to_thread(control_plane.start)
+        progress("starting the API server")
+        api = ApiServer(store, listen=opts.api_listen)
+        address = await api.start()
+        progress(f"API server on {address}")
+        if sites:
+            progress(f"starting {len(sites)} site agents")
+            agents = await _start_agents(opts, sites, progress)
+            for site in sites:
+                reg = site.to_proto()
+                reg.endpoint = agents[site.id][1]
+                await store.register_site(normalize_site(reg))
+        write_state(
+            opts.state_dir,
+            UpState(
+                pid=os.getpid(),
+                api=address,
+                redis_url=redis_url,
+                state_dir=str(opts.state_dir.resolve()),
+                agents={s: {"pid": p.pid, "endpoint": e} for s, (p, e) in agents.items()},
+                redis_pid=redis_server.process.pid
+                if redis_server and redis_server.process
+                else None,
+            ),
+        )
+        progress("ready")
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        state_path(opts.state_dir).unlink(missing_ok=True)
+        for proc, _ in agents.values():
+            proc.terminate()
+        for proc, _ in agents.values():
+            await asyncio.to_thread(_stop_process, proc, timeout=15)
+        if api is not None:
+            await api.stop(grace=3)
+        if control_plane is not None:
+            await asyncio.to_thread(control_plane.stop)
+        if store is not None:
+            await store.close()
+        if redis_server is not None:
+            await asyncio.to_thread(redis_server.stop)
+        (opts.state_dir / PROGRESS_FILE).unlink(missing_ok=True)
+        log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entrypoint of the supervisor process (started by ``sgctl up``)."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.local", description=__doc__)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--sites", type=Path, required=True)
+    parser.add_argument("--api-listen", default="127.0.0.1:50051")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--ray-address")
+    parser.add_argument("--dispatchers", type=int, default=2)
+    parser.add_argument("--no-agents", action="store_true")
+    ns = parser.parse_args(argv)
+    state_dir = ns.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.FileHandler(state_dir / "logs" / "supervisor.log")],
+    )
+    otel_env = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+    configure_tracing("sg-api", otel_env)
+    opts = UpOptions(
+        state_dir=state_dir,
+        sites_file=ns.sites.resolve(),
+        api_listen=ns.api_listen,
+        redis_url=ns.redis_url,
+        ray_address=ns.ray_address,
+        dispatchers=ns.dispatchers,
+        start_agents=not ns.no_agents,
+        otel_env=otel_env,
+    )
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_supervisor(opts, stop)
+
+    try:
+        asyncio.run(amain())
+    except Exception:
+        log.exception("supervisor failed")
+        with contextlib.suppress(OSError), (state_dir / PROGRESS_FILE).open("a") as f:
+            f.write("FAILED: see logs/supervisor.log\n")
+        return 1
+    return 0
