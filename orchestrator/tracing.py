@@ -11,8 +11,9 @@ the agent, and into the job's own process as ``TRACEPARENT``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -63,7 +64,9 @@ def context_from_traceparent(traceparent: str) -> otel_context.Context:
     return _PROPAGATOR.extract({TRACEPARENT_KEY: traceparent})
 
 
-def context_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> otel_context.Context:
+def context_from_metadata(
+    metadata: Sequence[tuple[str, str | bytes]] | None,
+) -> otel_context.Context:
     """Extract the caller's trace context from gRPC invocation metadata."""
     for key, value in metadata or ():
         if key == TRACEPARENT_KEY and isinstance(value, str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -93,10 +94,8 @@ def start_local(
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def stop_local(state_dir: Path, *, timeout: float) -> bool:
@@ -121,10 +120,8 @@ def stop_local(state_dir: Path, *, timeout: float) -> bool:
     leftovers = [int(a["pid"]) for a in state.agents.values()] + [state.redis_pid or 0]
     for pid in leftovers:
         if pid and pid_alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     _kill_group(state.pid)
     state_path(state_dir).unlink(missing_ok=True)
     return True

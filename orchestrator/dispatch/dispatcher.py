@@ -95,7 +95,9 @@ class _SiteLink:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
-                log.info("site %s: stream ended: %s %s", self.site_id, exc.code().name, exc.details())
+                log.info(
+                    "site %s: stream ended: %s %s", self.site_id, exc.code().name, exc.details()
+                )
             except StoreUnavailableError as exc:
                 log.warning("site %s: %s", self.site_id, exc)
             except Exception:
@@ -137,7 +139,7 @@ class _SiteLink:
                 )
             )
             first = await call.read()
-            if first is grpc.aio.EOF or not first.HasField("hello"):
+            if not isinstance(first, agent_pb2.AgentMessage) or not first.HasField("hello"):
                 raise ConnectionError(f"site {self.site_id}: agent sent no hello")
             hello = first.hello
             if hello.site_id != self.site_id:
@@ -215,10 +217,14 @@ class _SiteLink:
                 item.spec.ParseFromString(a.spec)
         return out
 
-    async def _read(self, call: grpc.aio.StreamStreamCall, write: _Writer) -> None:
+    async def _read(
+        self,
+        call: grpc.aio.StreamStreamCall[agent_pb2.ControlMessage, agent_pb2.AgentMessage],
+        write: _Writer,
+    ) -> None:
         while True:
             msg = await call.read()
-            if msg is grpc.aio.EOF:
+            if not isinstance(msg, agent_pb2.AgentMessage):
                 raise ConnectionError(f"site {self.site_id}: agent closed the stream")
             kind = msg.WhichOneof("kind")
             if kind == "acks":
@@ -243,8 +249,8 @@ class _SiteLink:
                     for u in updates
                 ]
                 await self.store.apply_status(self.site_id, reports)
-                ack = agent_pb2.StatusAck(seqs=[u.seq for u in updates])
-                await write(agent_pb2.ControlMessage(status_ack=ack))
+                seen = agent_pb2.StatusAck(seqs=[u.seq for u in updates])
+                await write(agent_pb2.ControlMessage(status_ack=seen))
             elif kind == "heartbeat":
                 await self.store.record_heartbeat(
                     self.site_id, dispatcher_id=self.opts.dispatcher_id
@@ -323,4 +329,4 @@ class Dispatcher:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -69,28 +69,30 @@ class _Progress:
             f.write(line + "\n")
 
 
+def _spawn_agent(opts: UpOptions, site: SiteConfig) -> tuple[subprocess.Popen[bytes], Path]:
+    sdir = opts.state_dir / "agents" / site.id
+    sdir.mkdir(parents=True, exist_ok=True)
+    ready = sdir / "ready"
+    ready.unlink(missing_ok=True)
+    with (opts.state_dir / "logs" / f"agent-{site.id}.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "agents",
+                "--sites", str(opts.sites_file), "--site", site.id,
+                "--listen", "127.0.0.1:0", "--state-dir", str(sdir),
+                "--ready-file", str(ready),
+            ],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **opts.otel_env},
+        )  # fmt: skip
+    return proc, ready
+
+
 async def _start_agents(
     opts: UpOptions, sites: list[SiteConfig], progress: _Progress
 ) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
-    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     logs = opts.state_dir / "logs"
-    for site in sites:
-        sdir = opts.state_dir / "agents" / site.id
-        sdir.mkdir(parents=True, exist_ok=True)
-        ready = sdir / "ready"
-        ready.unlink(missing_ok=True)
-        with (logs / f"agent-{site.id}.log").open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "agents",
-                    "--sites", str(opts.sites_file), "--site", site.id,
-                    "--listen", "127.0.0.1:0", "--state-dir", str(sdir),
-                    "--ready-file", str(ready),
-                ],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, **opts.otel_env},
-            )  # fmt: skip
-        procs[site.id] = (proc, ready)
+    procs = {site.id: _spawn_agent(opts, site) for site in sites}
     out: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     deadline = time.monotonic() + 60
     while len(out) < len(procs):

@@ -99,7 +99,9 @@ class Scheduler:
             "scheduler.cycle",
             attributes={"scheduler.window": len(jobs), "scheduler.sites": len(sites)},
         ) as cycle:
-            decisions = [Decision(d.job_id, d.attempt, d.site_id, d.gpu_type) for d in result.decisions]
+            decisions = [
+                Decision(d.job_id, d.attempt, d.site_id, d.gpu_type) for d in result.decisions
+            ]
             codes = await self.store.commit(decisions)
             self._trace_decisions(result, codes, cycle_link=Link(cycle.get_span_context()))
             marked = await self.store.mark_unschedulable(result.unschedulable)
@@ -171,7 +173,7 @@ class Scheduler:
                 await self._wait_for_wake(pubsub, stop, busy=bool(stats.placed))
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _wait_for_wake(self, pubsub: object, stop: asyncio.Event, *, busy: bool) -> None:
         """Wait for a wake message (new job, freed capacity, site change) or a timeout."""

@@ -97,9 +97,11 @@ class LocalRedis:
             while True:
                 if self.process.poll() is not None:
                     err = self.process.stderr.read().decode() if self.process.stderr else ""
-                    tail = (self.data_dir / "redis.log").read_text()[-2000:] if (
-                        self.data_dir / "redis.log"
-                    ).exists() else ""
+                    tail = (
+                        (self.data_dir / "redis.log").read_text()[-2000:]
+                        if (self.data_dir / "redis.log").exists()
+                        else ""
+                    )
                     raise RuntimeError(f"redis-server exited at start: {err}{tail}")
                 try:
                     if client.ping():

@@ -10,7 +10,7 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,7 +245,7 @@ class JobStore:
         with _unavailable_as_error():
             return _s(await self.client.hget(self.keys.job(job_id), "tp"))
 
-    def _job_from_hash(self, job_id: str, f: dict[bytes, bytes]) -> types_pb2.Job:
+    def _job_from_hash(self, job_id: str, f: Mapping[Any, Any]) -> types_pb2.Job:
         g = {k.decode(): v for k, v in f.items()}
         job = types_pb2.Job(
             id=job_id,
@@ -350,9 +350,11 @@ class JobStore:
         with _unavailable_as_error():
             if block_ms is None:
                 start = f"({after}" if after else "-"
-                rows = await self.client.xrange(key, start, "+", count=count)
+                rows: Any = await self.client.xrange(key, start, "+", count=count)
             else:
-                res = await self.client.xread({key: after or "0-0"}, count=count, block=block_ms)
+                res: Any = await self.client.xread(
+                    {key: after or "0-0"}, count=count, block=block_ms
+                )
                 rows = res[0][1] if res else []
         return [self._event(job_id, eid, f) for eid, f in rows]
 
@@ -371,7 +373,7 @@ class JobStore:
             backlog = await self.events(job_id, after=cursor or "0-0", block_ms=poll_ms)
 
     @staticmethod
-    def _event(job_id: str, eid: bytes, f: dict[bytes, bytes]) -> types_pb2.JobEvent:
+    def _event(job_id: str, eid: bytes, f: Mapping[Any, Any]) -> types_pb2.JobEvent:
         g = {k.decode(): _s(v) for k, v in f.items()}
         ev = types_pb2.JobEvent(
             event_id=_s(eid),
@@ -427,7 +429,7 @@ class JobStore:
                     pipe.scard(self.keys.site_active(sid))
                 rows = await pipe.execute()
         out = []
-        for i, sid in enumerate(site_ids):
+        for i in range(len(site_ids)):
             info, used, active = rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]
             if not info:
                 continue
@@ -511,9 +513,7 @@ class JobStore:
             if att is not None and _s(st) == "1"
         ]
 
-    async def job_specs(
-        self, job_ids: Sequence[str]
-    ) -> dict[str, tuple[types_pb2.JobSpec, str]]:
+    async def job_specs(self, job_ids: Sequence[str]) -> dict[str, tuple[types_pb2.JobSpec, str]]:
         """Specs and traceparents of the given jobs (for the scheduler's cache)."""
         with _unavailable_as_error():
             async with self.client.pipeline(transaction=False) as pipe:

@@ -42,7 +42,9 @@ class Federation:
     scheduler: Scheduler
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def wait_terminal(self, job_ids: Iterable[str], *, timeout: float = 30) -> list[types_pb2.Job]:
+    async def wait_terminal(
+        self, job_ids: Iterable[str], *, timeout: float = 30
+    ) -> list[types_pb2.Job]:
         ids = list(job_ids)
         deadline = time.monotonic() + timeout
         while True:
@@ -54,7 +56,9 @@ class Federation:
                 raise TimeoutError(f"jobs not finished after {timeout}s: {states}")
             await asyncio.sleep(0.05)
 
-    async def wait_state(self, job_id: str, state: JobState, *, timeout: float = 30) -> types_pb2.Job:
+    async def wait_state(
+        self, job_id: str, state: JobState, *, timeout: float = 30
+    ) -> types_pb2.Job:
         deadline = time.monotonic() + timeout
         while True:
             job = await self.store.get_job(job_id)
@@ -80,8 +84,11 @@ async def federation(
     try:
         for site in sites:
             agent = AgentServer(
-                AgentConfig(site=site, state_dir=tmp_path / "agents" / site.id,
-                            kill_grace_seconds=kill_grace_seconds)
+                AgentConfig(
+                    site=site,
+                    state_dir=tmp_path / "agents" / site.id,
+                    kill_grace_seconds=kill_grace_seconds,
+                )
             )
             reg = site.to_proto()
             reg.endpoint = await agent.start()
@@ -89,8 +96,12 @@ async def federation(
             await store.register_site(normalize_site(reg))
         dispatcher = Dispatcher(
             store,
-            DispatcherOptions(heartbeat_interval_seconds=0.5, kill_grace_seconds=kill_grace_seconds,
-                              refresh_seconds=0.5, sweep_seconds=0.5),
+            DispatcherOptions(
+                heartbeat_interval_seconds=0.5,
+                kill_grace_seconds=kill_grace_seconds,
+                refresh_seconds=0.5,
+                sweep_seconds=0.5,
+            ),
         )
         scheduler = Scheduler(store, config=SchedulerConfig(idle_interval_seconds=0.02))
         fed = Federation(store, agents, dispatcher, scheduler)

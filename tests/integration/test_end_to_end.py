@@ -15,8 +15,14 @@ from orchestrator.states import JobState
 from orchestrator.validation import normalize_spec
 
 
-def spec(name: str, command: list[str], *, allowed: tuple[str, ...] = (), gpus: int = 0,
-         gpu_type: str = "") -> types_pb2.JobSpec:
+def spec(
+    name: str,
+    command: list[str],
+    *,
+    allowed: tuple[str, ...] = (),
+    gpus: int = 0,
+    gpu_type: str = "",
+) -> types_pb2.JobSpec:
     s = types_pb2.JobSpec(name=name, tenant="acme", command=command)
     s.placement.allowed_jurisdictions.extend(allowed)
     s.resources.gpus = gpus
@@ -24,7 +30,9 @@ def spec(name: str, command: list[str], *, allowed: tuple[str, ...] = (), gpus: 
     return normalize_spec(s)
 
 
-async def test_jobs_run_where_their_residency_allows(redis_config: RedisConfig, tmp_path: Path) -> None:
+async def test_jobs_run_where_their_residency_allows(
+    redis_config: RedisConfig, tmp_path: Path
+) -> None:
     async with federation(redis_config, tmp_path) as fed:
         wanted = {}
         for country, site in (("NO", "narvik"), ("AE", "abu-dhabi"), ("US", "abilene")):

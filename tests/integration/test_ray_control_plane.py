@@ -33,7 +33,7 @@ async def _wait_restarted(cp: ControlPlane, name: str, old_pid: int) -> None:
             info = (await _info(cp))[name]
             if info["pid"] != old_pid and info["alive"]:
                 return
-        except Exception:  # noqa: BLE001 - the actor is restarting
+        except Exception:
             pass
         assert time.monotonic() < deadline, f"{name} did not come back"
         await asyncio.sleep(0.2)
@@ -46,7 +46,9 @@ async def test_sigkill_scheduler_and_dispatcher_mid_run_loses_and_doubles_nothin
     store = JobStore.from_config(redis_config)
     agents = []
     config = ControlPlaneConfig(
-        redis=redis_config, dispatchers=2, ray_namespace=f"sg-test-{os.getpid()}-kill",
+        redis=redis_config,
+        dispatchers=2,
+        ray_namespace=f"sg-test-{os.getpid()}-kill",
         state_dir=tmp_path,
     )
     cp = ControlPlane(config)

@@ -16,10 +16,19 @@ from orchestrator.store import Ack, Decision, JobStore, StatusReport
 from orchestrator.validation import normalize_site, normalize_spec
 
 
-def spec(name: str = "job", *, gpus: int = 0, gpu_type: str = "", allowed: tuple[str, ...] = (),
-         rid: str = "", max_attempts: int = 1, tenant: str = "acme") -> types_pb2.JobSpec:
-    s = types_pb2.JobSpec(name=name, tenant=tenant, command=["true"], client_request_id=rid,
-                          max_attempts=max_attempts)
+def spec(
+    name: str = "job",
+    *,
+    gpus: int = 0,
+    gpu_type: str = "",
+    allowed: tuple[str, ...] = (),
+    rid: str = "",
+    max_attempts: int = 1,
+    tenant: str = "acme",
+) -> types_pb2.JobSpec:
+    s = types_pb2.JobSpec(
+        name=name, tenant=tenant, command=["true"], client_request_id=rid, max_attempts=max_attempts
+    )
     s.resources.gpus = gpus
     s.resources.gpu_type = gpu_type
     s.placement.allowed_jurisdictions.extend(allowed)
@@ -27,8 +36,14 @@ def spec(name: str = "job", *, gpus: int = 0, gpu_type: str = "", allowed: tuple
 
 
 def site(site_id: str = "narvik", *, jurisdiction: str = "NO", h100: int = 8) -> types_pb2.Site:
-    s = types_pb2.Site(id=site_id, name=site_id, jurisdiction=jurisdiction, cpus=64,
-                       memory_mb=512 * 1024, endpoint="127.0.0.1:1")
+    s = types_pb2.Site(
+        id=site_id,
+        name=site_id,
+        jurisdiction=jurisdiction,
+        cpus=64,
+        memory_mb=512 * 1024,
+        endpoint="127.0.0.1:1",
+    )
     s.gpus.add(type="H100", count=h100)
     return normalize_site(s)
 
@@ -170,8 +185,10 @@ async def test_refusals(store: JobStore) -> None:
     await store.take_outbox("narvik", limit=10, resend=False)
     codes = await store.record_acks(
         "narvik",
-        [Ack(a.id, 1, False, "residency: job allows [SE], site is NO"),
-         Ack(b.id, 1, False, "insufficient capacity")],
+        [
+            Ack(a.id, 1, False, "residency: job allows [SE], site is NO"),
+            Ack(b.id, 1, False, "insufficient capacity"),
+        ],
     )
     assert codes == ["failed", "requeued"]
     assert (await store.get_job(a.id)).state == JobState.FAILED.value

@@ -19,8 +19,15 @@ COUNTRIES = ["NO", "AE", "US", "GB", "SE"]
 GPU_TYPES = ["H100", "GB200"]
 
 
-def site(site_id: str, j: str, *, h100: int = 8, accepting: bool = True, cpus: int = 64,
-         mem: int = 1 << 20) -> SiteView:
+def site(
+    site_id: str,
+    j: str,
+    *,
+    h100: int = 8,
+    accepting: bool = True,
+    cpus: int = 64,
+    mem: int = 1 << 20,
+) -> SiteView:
     return SiteView(site_id, j, accepting, {"H100": h100}, cpus, mem, {"H100": h100}, cpus, mem)
 
 
@@ -83,8 +90,15 @@ def test_any_gpu_type_picks_a_type_the_site_has() -> None:
 sites_st = st.lists(
     st.builds(
         lambda i, j, free, cap, cpus, acc: SiteView(
-            f"s{i}", j, acc, {t: cap[t] for t in GPU_TYPES},
-            cpus, 1 << 20, {t: min(free[t], cap[t]) for t in GPU_TYPES}, cpus, 1 << 20,
+            f"s{i}",
+            j,
+            acc,
+            {t: cap[t] for t in GPU_TYPES},
+            cpus,
+            1 << 20,
+            {t: min(free[t], cap[t]) for t in GPU_TYPES},
+            cpus,
+            1 << 20,
         ),
         st.integers(0, 1000),
         st.sampled_from(COUNTRIES),
@@ -99,8 +113,14 @@ sites_st = st.lists(
 jobs_st = st.lists(
     st.builds(
         lambda i, gpus, t, cpus, allowed, excluded: JobRequest(
-            f"j{i}", 1, gpus=gpus, gpu_type=t if gpus else "", cpus=cpus, memory_mb=1024,
-            allowed_jurisdictions=frozenset(allowed), excluded_sites=frozenset(excluded),
+            f"j{i}",
+            1,
+            gpus=gpus,
+            gpu_type=t if gpus else "",
+            cpus=cpus,
+            memory_mb=1024,
+            allowed_jurisdictions=frozenset(allowed),
+            excluded_sites=frozenset(excluded),
         ),
         st.integers(0, 10_000),
         st.integers(0, 16),
@@ -116,7 +136,9 @@ jobs_st = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(sites=sites_st, jobs=jobs_st)
-def test_no_decision_violates_a_hard_constraint(sites: list[SiteView], jobs: list[JobRequest]) -> None:
+def test_no_decision_violates_a_hard_constraint(
+    sites: list[SiteView], jobs: list[JobRequest]
+) -> None:
     result = place(Snapshot(jobs, sites))
     by_site = {s.site_id: s for s in sites}
     by_job = {j.job_id: j for j in jobs}

@@ -12,7 +12,9 @@ from orchestrator.states import TRANSITIONS, JobState, is_legal
 
 def test_terminal_states() -> None:
     assert {s for s in JobState if s.is_terminal()} == {
-        JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED,
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.CANCELLED,
     }
 
 
