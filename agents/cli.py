@@ -1,0 +1,148 @@
+"""``sg-agent``: run the agent of one site. The only module of the agent that reads the environment.
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 if the agent could not start (port taken,
+unwritable state directory), 2 for bad arguments or a bad site file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agents.config import AGENT_VERSION, AgentConfig
+from agents.executors.local import LocalExecutor
+from agents.server import AgentServer
+from orchestrator.errors import InvalidSpecError, SiteNotFoundError
+from orchestrator.tracing import configure_tracing
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sg-agent`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="sg-agent",
+        description=(
+            "Run the agent of one site: it serves the control plane's control stream, runs the "
+            "jobs it is sent as local process groups, and reports their status. Stops on "
+            "SIGTERM or SIGINT, stopping its jobs first."
+        ),
+        epilog=(
+            "example:\n"
+            "  sg-agent --sites examples/sites.yaml --site narvik \\\n"
+            "           --listen 127.0.0.1:7401 --state-dir .sg/agents/narvik\n\n"
+            "Tracing follows the standard OTEL_* variables (OTEL_TRACES_EXPORTER,\n"
+            "OTEL_EXPORTER_OTLP_ENDPOINT, ...). Exit codes: 0 stopped cleanly, 1 could not\n"
+            "start (address in use, unwritable state directory), 2 bad arguments or site file."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sites", required=True, type=Path, metavar="PATH", help="site file (YAML) to read"
+    )
+    parser.add_argument(
+        "--site", required=True, metavar="ID", help="id of the site this agent serves"
+    )
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="address to serve gRPC on; port 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="journal and job output directory (default: .sg/agents/<site>)",
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="once serving, write the bound host:port here (atomically)",
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="seconds between SIGTERM and SIGKILL when stopping a job (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: %(default)s)",
+    )
+    parser.add_argument("--version", action="version", version=f"sg-agent {AGENT_VERSION}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sg-agent`` and ``python -m agents``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = AgentConfig.from_site_file(
+            args.sites,
+            args.site,
+            state_dir=args.state_dir or Path(".sg") / "agents" / args.site,
+            listen=args.listen,
+            kill_grace_seconds=args.kill_grace,
+        )
+    except (InvalidSpecError, SiteNotFoundError) as exc:
+        print(f"sg-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_tracing("sg-agent", os.environ)
+    executor = LocalExecutor(base_env=os.environ)
+    try:
+        return asyncio.run(_serve(config, executor, ready_file=args.ready_file))
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        return EXIT_FAILED
+
+
+async def _serve(config: AgentConfig, executor: LocalExecutor, *, ready_file: Path | None) -> int:
+    server = AgentServer(config, executor=executor)
+    try:
+        address = await server.start()
+    except (OSError, RuntimeError, sqlite3.Error) as exc:
+        print(f"sg-agent: cannot start the agent on {config.listen}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if ready_file is not None:
+            _write_atomically(ready_file, address + "\n")
+        log.info("sg-agent for site %s ready on %s", config.site.id, address)
+        await stop.wait()
+        log.info("stopping: terminating running jobs")
+    finally:
+        await server.stop(kill_jobs=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return EXIT_OK
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

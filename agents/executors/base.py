@@ -1,0 +1,209 @@
+"""The executor interface: how the agent starts, watches and stops one job attempt.
+
+An executor turns a ``LaunchSpec`` into a running attempt and hands back an ``AttemptHandle``.
+The agent's runtime does all bookkeeping (dedup, GPU slots, status updates, the journal); an
+executor only runs things. Implementations: ``LocalExecutor`` (local processes); Ray, Slurm and
+Kubernetes executors implement the same protocol, and ``tests/agents/test_executor_contract.py``
+is the one contract test every implementation must pass.
+
+The contract:
+
+- ``start(spec)`` returns once the attempt has started (for the local executor: the process was
+  exec'd). If it cannot be started for reasons of the job's own making (command not found, not
+  executable) it raises ``LaunchError`` with a clear message and a shell-style exit code (127 not
+  found, 126 cannot execute); the agent reports that as a failed attempt, never crashes.
+- The attempt sees the job's ``env`` plus the variables of ``job_environment(spec)``; those win
+  over the job's own values.
+- Output goes to ``spec.stdout_path`` and ``spec.stderr_path`` (appended).
+- ``handle.wait()`` returns the ``ExitResult`` once the attempt and everything it started have
+  ended; it may be awaited many times and by many tasks.
+- ``handle.terminate(grace)`` asks the attempt to stop (SIGTERM for processes), forces it after
+  ``grace`` seconds (SIGKILL), and returns the ``ExitResult``. Terminating an ended attempt just
+  returns its result.
+- ``spec.max_runtime_seconds`` is enforced by the executor: the attempt is terminated and its
+  result has ``timed_out`` set.
+- ``handle.identity`` is an opaque string the agent journals; after an agent restart,
+  ``executor.stop_orphan(identity, grace_seconds=...)`` stops whatever is left of that attempt.
+"""
+
+from __future__ import annotations
+
+import signal as signal_module
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from orchestrator.errors import OrchestratorError
+
+__all__ = [
+    "AttemptHandle",
+    "Executor",
+    "ExitResult",
+    "LaunchError",
+    "LaunchSpec",
+    "job_environment",
+    "signal_name",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchSpec:
+    """What to run for one attempt and where its output goes."""
+
+    job_id: str
+    """Job id."""
+    attempt: int
+    """Attempt number."""
+    argv: tuple[str, ...]
+    """Program and arguments, exec'd directly (never through a shell)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """The job's own environment variables (from its spec)."""
+    working_dir: Path
+    """Directory the attempt runs in; the executor creates it if missing."""
+    stdout_path: Path
+    """File the attempt's standard output is appended to."""
+    stderr_path: Path
+    """File the attempt's standard error is appended to."""
+    max_runtime_seconds: float | None = None
+    """Longest the attempt may run; ``None`` for no limit."""
+    kill_grace_seconds: float = 3.0
+    """Seconds between SIGTERM and SIGKILL when the executor itself stops the attempt."""
+    site_id: str = ""
+    """Site id, exported as ``SG_SITE``."""
+    traceparent: str = ""
+    """W3C traceparent of the attempt's ``job.run`` span, exported as ``TRACEPARENT``."""
+    gpu_type: str = ""
+    """GPU type of ``gpu_slots``; empty for none."""
+    gpu_slots: tuple[int, ...] = ()
+    """GPU slot indices the attempt may use, exported as ``CUDA_VISIBLE_DEVICES``."""
+    nodes: int = 1
+    """Nodes of a gang job, exported as ``SG_NODES``."""
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise ValueError("argv must not be empty")
+
+
+def job_environment(spec: LaunchSpec) -> dict[str, str]:
+    """The variables every executor sets for an attempt (they override the job's own).
+
+    ``JOB_ID``, ``JOB_ATTEMPT``, ``SG_SITE``, ``SG_NODES``, ``SG_GPU_TYPE``,
+    ``CUDA_VISIBLE_DEVICES`` (slot indices, comma-separated; empty for no GPUs) and
+    ``TRACEPARENT`` (only when there is a trace to join).
+    """
+    env = {
+        "JOB_ID": spec.job_id,
+        "JOB_ATTEMPT": str(spec.attempt),
+        "SG_SITE": spec.site_id,
+        "SG_NODES": str(spec.nodes),
+        "SG_GPU_TYPE": spec.gpu_type,
+        "CUDA_VISIBLE_DEVICES": ",".join(str(slot) for slot in spec.gpu_slots),
+    }
+    if spec.traceparent:
+        env["TRACEPARENT"] = spec.traceparent
+    return env
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    """How an attempt ended."""
+
+    exit_code: int | None
+    """Exit code, when the attempt exited by itself (even after being asked to stop)."""
+    signal: int | None = None
+    """Number of the signal that killed it, when it did not exit by itself."""
+    timed_out_after: float | None = None
+    """Set (to the limit in seconds) when the executor stopped it for exceeding its max runtime."""
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the attempt was stopped for exceeding its max runtime."""
+        return self.timed_out_after is not None
+
+    @property
+    def succeeded(self) -> bool:
+        """Exited 0 within its max runtime."""
+        return self.exit_code == 0 and not self.timed_out
+
+    @property
+    def message(self) -> str:
+        """Human-readable summary: "exit code 3", "killed by signal SIGKILL", ..."""
+        if self.timed_out_after is not None:
+            return f"exceeded max runtime {self.timed_out_after:g}s"
+        if self.exit_code is not None:
+            return f"exit code {self.exit_code}"
+        if self.signal is not None:
+            return f"killed by signal {signal_name(self.signal)}"
+        return "ended without an exit status"
+
+    @classmethod
+    def from_returncode(
+        cls, returncode: int, *, timed_out_after: float | None = None
+    ) -> ExitResult:
+        """From a ``subprocess`` return code (negative: killed by that signal)."""
+        if returncode < 0:
+            return cls(None, -returncode, timed_out_after)
+        return cls(returncode, None, timed_out_after)
+
+
+def signal_name(number: int) -> str:
+    """``9`` -> ``"SIGKILL"``; unknown numbers as ``"signal 42"``."""
+    try:
+        return signal_module.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class LaunchError(OrchestratorError):
+    """An attempt could not be started for reasons of the job's own (bad command, ...)."""
+
+    def __init__(self, job_id: str, attempt: int, problem: str, *, exit_code: int) -> None:
+        super().__init__(problem)
+        self.job_id = job_id
+        self.attempt = attempt
+        self.exit_code = exit_code
+        """Shell-style code: 127 command not found, 126 found but cannot be executed."""
+
+    def fields(self) -> dict[str, str]:
+        return {"job_id": self.job_id, "attempt": str(self.attempt)}
+
+
+@runtime_checkable
+class AttemptHandle(Protocol):
+    """A started attempt."""
+
+    @property
+    def identity(self) -> str:
+        """Opaque id the agent journals, for ``Executor.stop_orphan`` after a restart."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """Local process id of the attempt's leader, when there is one (for logs)."""
+        ...
+
+    async def wait(self) -> ExitResult:
+        """Wait until the attempt (and everything it started) has ended."""
+        ...
+
+    async def terminate(self, grace_seconds: float) -> ExitResult:
+        """Stop the attempt: ask, force after ``grace_seconds``; returns once it has ended."""
+        ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs job attempts. See the module docstring for the contract."""
+
+    async def start(self, spec: LaunchSpec) -> AttemptHandle:
+        """Start one attempt; raises ``LaunchError`` if the job's command cannot be started."""
+        ...
+
+    async def stop_orphan(self, identity: str, *, grace_seconds: float) -> bool:
+        """Stop what is left of an attempt started by an earlier agent process.
+
+        Returns True if something was still running (and has now been stopped), False if it was
+        already gone or ``identity`` is not this executor's.
+        """
+        ...

@@ -1,0 +1,371 @@
+"""The agent's journal: a small SQLite file of the attempts it has seen and its unacked updates.
+
+It lets a restarted agent keep refusing duplicate and stale attempts, resend the status updates
+the control plane has not acknowledged, and find the attempts that were running when it went
+down. Every change is one short transaction; a state change of an attempt and the status update
+reporting it are written in the same transaction, so neither can exist without the other.
+
+Tables::
+
+    attempts(job_id, attempt, state, dispatched, identity, pid, gpu_type, gpu_slots,
+             accepted_at, started_at, finished_at, exit_code, message)
+    outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id, attempt, state, exit_code, message,
+           time)
+
+``seq`` comes from AUTOINCREMENT, so a number is never handed out twice, even after the updates
+holding the highest numbers were acknowledged and deleted.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.states import JobState
+
+__all__ = ["AttemptRecord", "AttemptState", "Journal", "StatusRecord"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id      TEXT    NOT NULL,
+    attempt     INTEGER NOT NULL,
+    state       TEXT    NOT NULL,
+    dispatched  INTEGER NOT NULL,
+    identity    TEXT    NOT NULL DEFAULT '',
+    pid         INTEGER,
+    gpu_type    TEXT    NOT NULL DEFAULT '',
+    gpu_slots   TEXT    NOT NULL DEFAULT '',
+    accepted_at REAL    NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    exit_code   INTEGER,
+    message     TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id    TEXT    NOT NULL,
+    attempt   INTEGER NOT NULL,
+    state     INTEGER NOT NULL,
+    exit_code INTEGER,
+    message   TEXT    NOT NULL,
+    time      REAL    NOT NULL
+);
+"""
+
+
+class AttemptState(enum.StrEnum):
+    """State of an attempt at this agent."""
+
+    ACCEPTED = "accepted"
+    """Taken (GPU slots reserved), process not started yet."""
+    RUNNING = "running"
+    """Started."""
+    SUCCEEDED = "succeeded"
+    """Exited 0."""
+    FAILED = "failed"
+    """Exited non-zero, was killed, timed out, or could not be started."""
+    CANCELLED = "cancelled"
+    """Stopped on request, or cancelled before it was ever dispatched here."""
+
+    def is_finished(self) -> bool:
+        """True once the attempt has ended."""
+        return self in (AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.CANCELLED)
+
+
+_JOB_STATE = {
+    AttemptState.RUNNING: JobState.RUNNING,
+    AttemptState.SUCCEEDED: JobState.SUCCEEDED,
+    AttemptState.FAILED: JobState.FAILED,
+    AttemptState.CANCELLED: JobState.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt as journaled."""
+
+    job_id: str
+    """Job id."""
+    attempt: int
+    """Attempt number."""
+    state: AttemptState
+    """Current state."""
+    dispatched: bool
+    """False for an attempt that was only cancelled here, never dispatched."""
+    identity: str
+    """Executor identity of the running attempt ("" before start)."""
+    pid: int | None
+    """Leader pid, for local attempts."""
+    gpu_type: str
+    """GPU type held ("" for none)."""
+    gpu_slots: tuple[int, ...]
+    """GPU slots held."""
+    accepted_at: float
+    """When it was accepted (or cancelled unseen), epoch seconds."""
+    started_at: float | None
+    """When its process started."""
+    finished_at: float | None
+    """When it ended."""
+    exit_code: int | None
+    """Exit code, when it exited by itself."""
+    message: str
+    """Last status message."""
+
+
+@dataclass(frozen=True)
+class StatusRecord:
+    """One status update in the outbox, kept until the control plane acknowledges its ``seq``."""
+
+    seq: int
+    """Agent-local sequence number, increasing, never reused."""
+    job_id: str
+    """Job id."""
+    attempt: int
+    """Attempt number."""
+    state: JobState
+    """RUNNING, SUCCEEDED, FAILED or CANCELLED."""
+    exit_code: int | None
+    """Exit code, when the attempt exited by itself."""
+    message: str
+    """Human-readable detail."""
+    time: float
+    """When it happened, epoch seconds."""
+
+
+class Journal:
+    """The SQLite journal of one agent. Use from one thread (the agent's event loop)."""
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (creating if needed) the journal at ``path``."""
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self._path, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a crash of the agent; only an OS crash can lose the last
+        # transactions, and then the attempts' processes are gone as well.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+
+    @property
+    def path(self) -> Path:
+        """The journal file."""
+        return self._path
+
+    def close(self) -> None:
+        """Close the file. The journal is unusable afterwards."""
+        self._conn.close()
+
+    # --- attempts --------------------------------------------------------------------------------
+
+    def get_attempt(self, job_id: str, attempt: int) -> AttemptRecord | None:
+        """The journaled attempt, or None if never seen."""
+        row = self._conn.execute(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? AND attempt = ?",  # noqa: S608
+            (job_id, attempt),
+        ).fetchone()
+        return _attempt(row) if row else None
+
+    def latest_attempt(self, job_id: str) -> int | None:
+        """Highest attempt number seen for ``job_id``, or None."""
+        row = self._conn.execute(
+            "SELECT MAX(attempt) FROM attempts WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def unfinished_attempts(self) -> list[AttemptRecord]:
+        """Attempts accepted or running (after a restart: the ones the last process left)."""
+        rows = self._conn.execute(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE state IN (?, ?) "  # noqa: S608
+            "ORDER BY accepted_at, job_id, attempt",
+            (AttemptState.ACCEPTED.value, AttemptState.RUNNING.value),
+        ).fetchall()
+        return [_attempt(row) for row in rows]
+
+    def record_accepted(
+        self, job_id: str, attempt: int, *, gpu_type: str, gpu_slots: Iterable[int], now: float
+    ) -> None:
+        """Record a newly accepted attempt (its GPU slots reserved, not started yet)."""
+        with _transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO attempts (job_id, attempt, state, dispatched, gpu_type, gpu_slots, "
+                "accepted_at) VALUES (?, ?, ?, 1, ?, ?, ?)",
+                (
+                    job_id,
+                    attempt,
+                    AttemptState.ACCEPTED.value,
+                    gpu_type,
+                    ",".join(map(str, gpu_slots)),
+                    now,
+                ),
+            )
+
+    def record_started(
+        self, job_id: str, attempt: int, *, identity: str, pid: int | None, now: float
+    ) -> StatusRecord:
+        """Mark an attempt running and queue its RUNNING update, in one transaction."""
+        with _transaction(self._conn):
+            self._conn.execute(
+                "UPDATE attempts SET state = ?, identity = ?, pid = ?, started_at = ? "
+                "WHERE job_id = ? AND attempt = ?",
+                (AttemptState.RUNNING.value, identity, pid, now, job_id, attempt),
+            )
+            return self._append(
+                job_id=job_id,
+                attempt=attempt,
+                state=JobState.RUNNING,
+                exit_code=None,
+                message="started",
+                now=now,
+            )
+
+    def record_finished(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        state: AttemptState,
+        exit_code: int | None,
+        message: str,
+        now: float,
+    ) -> StatusRecord:
+        """Mark an attempt ended and queue its terminal update, in one transaction."""
+        if not state.is_finished():
+            raise ValueError(f"{state} is not a final state")
+        with _transaction(self._conn):
+            self._conn.execute(
+                "UPDATE attempts SET state = ?, finished_at = ?, exit_code = ?, message = ? "
+                "WHERE job_id = ? AND attempt = ?",
+                (state.value, now, exit_code, message, job_id, attempt),
+            )
+            return self._append(
+                job_id=job_id,
+                attempt=attempt,
+                state=_JOB_STATE[state],
+                exit_code=exit_code,
+                message=message,
+                now=now,
+            )
+
+    def record_cancelled_unseen(
+        self, job_id: str, attempt: int, *, message: str, now: float
+    ) -> StatusRecord:
+        """Record a cancel for an attempt never dispatched here, and queue its CANCELLED update."""
+        with _transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO attempts (job_id, attempt, state, dispatched, accepted_at, "
+                "finished_at, message) VALUES (?, ?, ?, 0, ?, ?, ?)",
+                (job_id, attempt, AttemptState.CANCELLED.value, now, now, message),
+            )
+            return self._append(
+                job_id=job_id,
+                attempt=attempt,
+                state=JobState.CANCELLED,
+                exit_code=None,
+                message=message,
+                now=now,
+            )
+
+    # --- outbox ----------------------------------------------------------------------------------
+
+    def unacked_status(self) -> list[StatusRecord]:
+        """Every status update not yet acknowledged, in ``seq`` order."""
+        rows = self._conn.execute(
+            "SELECT seq, job_id, attempt, state, exit_code, message, time FROM outbox ORDER BY seq"
+        ).fetchall()
+        return [
+            StatusRecord(
+                seq=int(seq),
+                job_id=job_id,
+                attempt=int(attempt),
+                state=JobState(state),
+                exit_code=exit_code,
+                message=message,
+                time=float(time),
+            )
+            for seq, job_id, attempt, state, exit_code, message, time in rows
+        ]
+
+    def ack_status(self, seqs: Iterable[int]) -> int:
+        """Forget acknowledged updates; returns how many were still held."""
+        params = [(int(seq),) for seq in seqs]
+        if not params:
+            return 0
+        with _transaction(self._conn):
+            before = self._conn.total_changes
+            self._conn.executemany("DELETE FROM outbox WHERE seq = ?", params)
+            return self._conn.total_changes - before
+
+    def _append(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        state: JobState,
+        exit_code: int | None,
+        message: str,
+        now: float,
+    ) -> StatusRecord:
+        cursor = self._conn.execute(
+            "INSERT INTO outbox (job_id, attempt, state, exit_code, message, time) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, attempt, state.value, exit_code, message, now),
+        )
+        seq = cursor.lastrowid
+        if seq is None:
+            raise RuntimeError("sqlite returned no rowid for an outbox insert")
+        return StatusRecord(
+            seq=seq,
+            job_id=job_id,
+            attempt=attempt,
+            state=state,
+            exit_code=exit_code,
+            message=message,
+            time=now,
+        )
+
+
+_ATTEMPT_COLUMNS = (
+    "job_id, attempt, state, dispatched, identity, pid, gpu_type, gpu_slots, accepted_at, "
+    "started_at, finished_at, exit_code, message"
+)
+
+
+def _attempt(row: tuple[Any, ...]) -> AttemptRecord:
+    (job_id, attempt, state, dispatched, identity, pid, gpu_type, gpu_slots) = row[:8]
+    (accepted_at, started_at, finished_at, exit_code, message) = row[8:]
+    return AttemptRecord(
+        job_id=job_id,
+        attempt=int(attempt),
+        state=AttemptState(state),
+        dispatched=bool(dispatched),
+        identity=identity,
+        pid=pid,
+        gpu_type=gpu_type,
+        gpu_slots=tuple(int(s) for s in gpu_slots.split(",")) if gpu_slots else (),
+        accepted_at=float(accepted_at),
+        started_at=started_at,
+        finished_at=finished_at,
+        exit_code=exit_code,
+        message=message,
+    )
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,151 @@
+"""The sg-agent command, as a real process: help, bad input, SIGTERM, and recovery after SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents import AgentConfig, AgentServer
+from orchestrator._pb.orchestrator.v1 import types_pb2
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SITES = REPO_ROOT / "examples" / "sites.yaml"
+RUNNING = types_pb2.JOB_STATE_RUNNING
+FAILED = types_pb2.JOB_STATE_FAILED
+
+
+def agent_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["OTEL_TRACES_EXPORTER"] = "none"
+    return env
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agents", *args],
+        capture_output=True,
+        text=True,
+        env=agent_env(),
+        cwd=REPO_ROOT,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_help_names_every_option() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in ("--sites", "--site", "--listen", "--state-dir", "--ready-file", "--log-level"):
+        assert option in result.stdout
+
+
+def test_unknown_site_exits_2_with_a_message(tmp_path: Path) -> None:
+    result = run_cli("--sites", str(SITES), "--site", "atlantis", "--state-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "atlantis" in result.stderr
+
+
+def test_a_taken_port_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "--sites", str(SITES), "--site", "narvik",
+            "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path),
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+
+
+@pytest.fixture
+async def spawn_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def spawn(state_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+        ready = tmp_path / f"ready-{len(procs)}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agents",
+            "--sites", str(SITES), "--site", "narvik",
+            "--listen", "127.0.0.1:0", "--state-dir", str(state_dir),
+            "--ready-file", str(ready), "--kill-grace", "1",
+            env=agent_env(), cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        procs.append(proc)
+        async with asyncio.timeout(20):
+            while not ready.exists():
+                assert proc.returncode is None
+                await asyncio.sleep(0.05)
+        return proc, ready.read_text().strip()
+
+    yield spawn
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+
+
+async def start_sleeper(d: Any, make_assignment: Callable[..., Any], pid_file: Path) -> int:
+    script = f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 600"
+    (ack,) = await d.dispatch(make_assignment("j-s", command=["sh", "-c", script]))
+    assert ack.accepted
+    await d.wait_status("j-s", state=RUNNING)
+    async with asyncio.timeout(5):
+        while not pid_file.exists():
+            await asyncio.sleep(0.02)
+    return int(pid_file.read_text())
+
+
+async def test_sigterm_stops_the_agent_and_its_jobs(
+    spawn_agent: Callable[..., Any],
+    open_dispatcher: Callable[..., Any],
+    make_assignment: Callable[..., Any],
+    pid_alive: Callable[[int], bool],
+    tmp_path: Path,
+) -> None:
+    proc, address = await spawn_agent(tmp_path / "state")
+    assert address.startswith("127.0.0.1:")
+    d = await open_dispatcher(address)
+    sleeper = await start_sleeper(d, make_assignment, tmp_path / "pid")
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    assert not pid_alive(sleeper)
+
+
+async def test_a_restarted_agent_stops_what_a_killed_one_left_running(
+    spawn_agent: Callable[..., Any],
+    open_dispatcher: Callable[..., Any],
+    make_assignment: Callable[..., Any],
+    pid_alive: Callable[[int], bool],
+    start_agent: Callable[[AgentConfig], Any],
+    config: AgentConfig,
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    proc, address = await spawn_agent(state_dir)
+    d = await open_dispatcher(address)
+    sleeper = await start_sleeper(d, make_assignment, tmp_path / "pid")
+    proc.kill()  # SIGKILL: no chance to stop its jobs
+    await proc.communicate()
+    assert pid_alive(sleeper)  # its own session: it outlives the agent
+
+    restarted: AgentServer = await start_agent(AgentConfig(site=config.site, state_dir=state_dir))
+    assert not pid_alive(sleeper)
+    d2 = await open_dispatcher(restarted.address)
+    failed = await d2.wait_status("j-s", state=FAILED)
+    assert failed.message == "agent restarted; process terminated"
+    (dup,) = await d2.dispatch(make_assignment("j-s"))
+    assert dup.duplicate

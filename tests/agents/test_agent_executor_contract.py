@@ -1,0 +1,199 @@
+"""The Executor contract (agents/executors/base.py), run against every implementation.
+
+To add an executor, add its name to EXECUTORS and build it in ``make_executor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.executors import Executor, ExitResult, LaunchError, LaunchSpec, LocalExecutor
+
+EXECUTORS = ["local"]
+PATH_ENV = {"PATH": os.environ.get("PATH", os.defpath)}
+
+
+def make_executor(kind: str) -> Executor:
+    if kind == "local":
+        return LocalExecutor(base_env=PATH_ENV, poll_interval_seconds=0.02)
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> Executor:
+    return make_executor(request.param)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Callable[..., LaunchSpec]:
+    counter = iter(range(1, 1000))
+
+    def make(argv: list[str], **kwargs: Any) -> LaunchSpec:
+        attempt = next(counter)
+        base = tmp_path / f"a{attempt}"
+        kwargs.setdefault("kill_grace_seconds", 1.0)
+        return LaunchSpec(
+            job_id="j-contract",
+            attempt=attempt,
+            argv=tuple(argv),
+            working_dir=base / "work",
+            stdout_path=base / "stdout.log",
+            stderr_path=base / "stderr.log",
+            **kwargs,
+        )
+
+    return make
+
+
+async def test_exit_zero_output_and_environment(
+    executor: Executor, launch: Callable[..., LaunchSpec]
+) -> None:
+    spec = launch(
+        ["sh", "-c", "env; pwd; echo oops >&2"],
+        env={"MY_VAR": "hello", "JOB_ID": "spoofed"},
+        site_id="narvik",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        gpu_type="H100",
+        gpu_slots=(2, 3),
+        nodes=2,
+    )
+    handle = await executor.start(spec)
+    result = await handle.wait()
+    assert result == ExitResult(0)
+    assert result.succeeded and result.message == "exit code 0"
+    lines = spec.stdout_path.read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert env["MY_VAR"] == "hello"
+    assert env["JOB_ID"] == "j-contract"  # the agent's variables win
+    assert env["JOB_ATTEMPT"] == str(spec.attempt)
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert env["SG_SITE"] == "narvik"
+    assert env["SG_NODES"] == "2"
+    assert env["TRACEPARENT"] == spec.traceparent
+    assert str(spec.working_dir) in lines
+    assert spec.stderr_path.read_text() == "oops\n"
+    # wait() can be awaited again, terminate() after the end just returns the result.
+    assert await handle.wait() == result
+    assert await handle.terminate(0.1) == result
+    assert handle.identity
+
+
+async def test_non_zero_exit(executor: Executor, launch: Callable[..., LaunchSpec]) -> None:
+    result = await (await executor.start(launch(["sh", "-c", "exit 3"]))).wait()
+    assert (result.exit_code, result.signal, result.succeeded) == (3, None, False)
+    assert result.message == "exit code 3"
+
+
+async def test_command_not_found_is_127(
+    executor: Executor, launch: Callable[..., LaunchSpec]
+) -> None:
+    spec = launch(["no-such-program-anywhere", "x"])
+    with pytest.raises(LaunchError) as info:
+        await executor.start(spec)
+    assert info.value.exit_code == 127
+    assert "no-such-program-anywhere" in info.value.message
+    assert "no-such-program-anywhere" in spec.stderr_path.read_text()
+
+
+async def test_not_executable_is_126(
+    executor: Executor, launch: Callable[..., LaunchSpec], tmp_path: Path
+) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    with pytest.raises(LaunchError) as info:
+        await executor.start(launch([str(script)]))
+    assert info.value.exit_code == 126
+    assert "Permission denied" in info.value.message
+
+
+async def test_terminate_stops_the_whole_process_group(
+    executor: Executor,
+    launch: Callable[..., LaunchSpec],
+    tmp_path: Path,
+    pid_alive: Callable[[int], bool],
+    wait_until: Callable[..., Any],
+) -> None:
+    pids = tmp_path / "pids"
+    spec = launch(
+        [
+            "sh",
+            "-c",
+            f"echo $$ > {pids}.tmp; sleep 600 & echo $! >> {pids}.tmp; mv {pids}.tmp {pids}; wait",
+        ]
+    )
+    handle = await executor.start(spec)
+    await wait_until(pids.exists)
+    leader, child = (int(p) for p in pids.read_text().split())
+    assert pid_alive(leader) and pid_alive(child)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await handle.terminate(2.0)
+    assert loop.time() - started < 1.5  # both die on SIGTERM; no need to wait for SIGKILL
+    assert result.signal == signal.SIGTERM
+    assert result.message == "killed by signal SIGTERM"
+    assert not pid_alive(leader)
+    assert not pid_alive(child)
+
+
+async def test_sigkill_after_grace_when_sigterm_is_ignored(
+    executor: Executor,
+    launch: Callable[..., LaunchSpec],
+    wait_until: Callable[..., Any],
+) -> None:
+    spec = launch(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"])
+    handle = await executor.start(spec)
+    await wait_until(lambda: spec.stdout_path.read_text() == "ready\n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await handle.terminate(0.3)
+    assert loop.time() - started >= 0.3
+    assert result.signal == signal.SIGKILL
+    assert result.message == "killed by signal SIGKILL"
+
+
+async def test_max_runtime_is_enforced(
+    executor: Executor, launch: Callable[..., LaunchSpec]
+) -> None:
+    spec = launch(["sleep", "600"], max_runtime_seconds=0.3, kill_grace_seconds=0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await (await executor.start(spec)).wait()
+    assert 0.3 <= loop.time() - started < 2
+    assert result.timed_out and not result.succeeded
+    assert result.message == "exceeded max runtime 0.3s"
+
+
+async def test_leftovers_of_a_finished_leader_are_stopped(
+    executor: Executor,
+    launch: Callable[..., LaunchSpec],
+    tmp_path: Path,
+    pid_alive: Callable[[int], bool],
+) -> None:
+    child_file = tmp_path / "child"
+    handle = await executor.start(launch(["sh", "-c", f"sleep 600 & echo $! > {child_file}"]))
+    result = await handle.wait()
+    assert result.exit_code == 0
+    assert not pid_alive(int(child_file.read_text()))
+
+
+async def test_stop_orphan_by_identity(
+    executor: Executor,
+    launch: Callable[..., LaunchSpec],
+    tmp_path: Path,
+) -> None:
+    handle = await executor.start(launch(["sleep", "600"]))
+    other = make_executor("local") if isinstance(executor, LocalExecutor) else executor
+    assert await other.stop_orphan(handle.identity, grace_seconds=1.0) is True
+    result = await asyncio.wait_for(handle.wait(), timeout=5)
+    assert result.signal == signal.SIGTERM
+    assert await other.stop_orphan(handle.identity, grace_seconds=1.0) is False
+    assert await other.stop_orphan("not-an-identity", grace_seconds=1.0) is False

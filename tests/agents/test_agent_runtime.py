@@ -1,0 +1,144 @@
+"""AgentRuntime driven directly, without gRPC, plus the package's public surface."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import agents
+import agents.executors
+from agents import (
+    AgentConfig,
+    AgentRuntime,
+    AttemptNotFoundError,
+    AttemptRequest,
+    CancelRequest,
+    Journal,
+    LocalExecutor,
+)
+from orchestrator.states import JobState
+
+
+@pytest.fixture
+async def runtime(config: AgentConfig) -> AsyncIterator[AgentRuntime]:
+    rt = AgentRuntime(
+        config, executor=LocalExecutor(base_env={"PATH": os.environ.get("PATH", os.defpath)})
+    )
+    await rt.open()
+    yield rt
+    await rt.close(grace_seconds=0.2)
+
+
+def request(job_id: str, *command: str, **kwargs: object) -> AttemptRequest:
+    return AttemptRequest(job_id=job_id, attempt=1, command=command or ("true",), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_cancel_before_start_never_starts_the_process(
+    runtime: AgentRuntime, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    (ack,) = runtime.dispatch([request("j-1", "touch", str(marker))])
+    assert ack.accepted
+    runtime.cancel([CancelRequest("j-1", 1, reason="changed my mind")])  # same tick: not started
+    await asyncio.wait_for(runtime.wait_for_updates(after_seq=0), 5)
+    (update,) = runtime.pending_updates()
+    assert (update.state, update.message) == (JobState.CANCELLED, "cancelled before start")
+    await asyncio.sleep(0.1)
+    assert not marker.exists()
+    assert runtime.capacity().running == 0
+
+
+async def test_outbox_waits_acks_and_capacity(runtime: AgentRuntime) -> None:
+    (ack,) = runtime.dispatch([request("j-2", gpus_per_node=2, gpu_type="GB200")])
+    assert ack.accepted
+    assert runtime.capacity().gpus_free == {"H100": 4, "GB200": 0}
+    assert runtime.capacity().running == 1
+    while len(runtime.pending_updates()) < 2:
+        last = max([u.seq for u in runtime.pending_updates()], default=0)
+        await asyncio.wait_for(runtime.wait_for_updates(after_seq=last), 5)
+    running, done = runtime.pending_updates()
+    assert (running.state, done.state, done.exit_code) == (JobState.RUNNING, JobState.SUCCEEDED, 0)
+    assert runtime.pending_updates(after_seq=running.seq) == [done]
+    assert runtime.pending_updates(limit=1) == [running]
+    assert runtime.capacity().gpus_free == {"H100": 4, "GB200": 2}
+    assert runtime.ack_status([running.seq, 12345]) == 1
+    assert runtime.pending_updates() == [done]
+    with pytest.raises(AttemptNotFoundError):
+        runtime.attempt_output("j-2", 7)
+    assert runtime.attempt_output("j-2", 1).ended.is_set()
+
+
+async def test_close_stops_running_attempts_and_refuses_new_ones(runtime: AgentRuntime) -> None:
+    runtime.dispatch([request("j-3", "sleep", "600")])
+    await asyncio.wait_for(runtime.wait_for_updates(after_seq=0), 5)
+    closing = asyncio.create_task(runtime.close(grace_seconds=0.2))
+    await asyncio.sleep(0)
+    (refused,) = runtime.dispatch([request("j-4")])
+    assert (refused.accepted, refused.reason) == (False, "agent shutting down")
+    await asyncio.wait_for(closing, 5)
+    assert not runtime.is_open
+    last = runtime.pending_updates()[-1]
+    assert (last.job_id, last.state) == ("j-3", JobState.FAILED)
+    assert last.message == "agent shutting down; killed by signal SIGTERM"
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sorted(agents.__all__) == sorted(
+        [
+            "AGENT_VERSION",
+            "AckResult",
+            "AgentConfig",
+            "AgentRuntime",
+            "AgentServer",
+            "AgentService",
+            "AttemptHandle",
+            "AttemptNotFoundError",
+            "AttemptOutput",
+            "AttemptRecord",
+            "AttemptRequest",
+            "AttemptState",
+            "CancelRequest",
+            "Capacity",
+            "Executor",
+            "ExitResult",
+            "GpuAllocation",
+            "GpuInventory",
+            "InsufficientGpusError",
+            "Journal",
+            "LaunchError",
+            "LaunchSpec",
+            "LocalExecutor",
+            "StatusRecord",
+        ]
+    )
+    assert all(hasattr(agents, name) for name in agents.__all__)
+    assert all(hasattr(agents.executors, name) for name in agents.executors.__all__)
+    assert isinstance(LocalExecutor(), agents.Executor)
+
+
+async def test_open_reports_attempts_a_previous_run_left(config: AgentConfig) -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    gone_pid = proc.pid
+    journal = Journal(config.journal_path)
+    journal.record_accepted("j-gone", 1, gpu_type="H100", gpu_slots=(0,), now=1.0)
+    journal.record_started("j-gone", 1, identity=f"local:{gone_pid}:1", pid=gone_pid, now=2.0)
+    journal.record_accepted("j-unstarted", 1, gpu_type="", gpu_slots=(), now=3.0)
+    journal.close()
+
+    rt = AgentRuntime(config, executor=LocalExecutor())
+    await rt.open()
+    try:
+        finals = {u.job_id: u for u in rt.pending_updates() if u.state is JobState.FAILED}
+        assert finals["j-gone"].message == "agent restarted; process gone"
+        assert finals["j-unstarted"].message == "agent restarted before the process started"
+        assert rt.capacity().gpus_free["H100"] == 4  # nothing held by the dead attempts
+        (dup,) = rt.dispatch([request("j-gone")])
+        assert dup.duplicate
+    finally:
+        await rt.close()
