@@ -1,1 +1,51 @@
-"""Sovereign Grid: a multi-site workload orchestrator."""
+"""Sovereign Grid: a multi-site workload orchestrator.
+
+The public Python API: clients, typed job specs, job states and the error tree.
+
+    from orchestrator import Client, JobSpec
+
+    with Client.connect("127.0.0.1:50051") as client:
+        job = client.submit(JobSpec(name="hello", tenant="acme", command=["echo", "hi"]))
+        print(job.wait(timeout=60).state)
+
+Importing this package loads the SDK (gRPC and protobuf) only: never Ray or Redis.
+"""
+
+from orchestrator.errors import (
+    IllegalTransitionError,
+    InternalError,
+    InvalidSpecError,
+    JobNotFoundError,
+    NotFoundError,
+    OrchestratorError,
+    ServiceUnavailableError,
+    SiteNotFoundError,
+    StoreUnavailableError,
+    WaitTimeoutError,
+)
+from orchestrator.sdk import AsyncClient, AsyncJob, Client, Job
+from orchestrator.spec import JobSpec, Placement, PriorityClass, Resources, load_job_file
+from orchestrator.states import JobState
+
+__all__ = [
+    "AsyncClient",
+    "AsyncJob",
+    "Client",
+    "IllegalTransitionError",
+    "InternalError",
+    "InvalidSpecError",
+    "Job",
+    "JobNotFoundError",
+    "JobSpec",
+    "JobState",
+    "NotFoundError",
+    "OrchestratorError",
+    "Placement",
+    "PriorityClass",
+    "Resources",
+    "ServiceUnavailableError",
+    "SiteNotFoundError",
+    "StoreUnavailableError",
+    "WaitTimeoutError",
+    "load_job_file",
+]

@@ -11,9 +11,8 @@ the agent, and into the job's own process as ``TRACEPARENT``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace

@@ -13,9 +13,6 @@ import pytest
 from orchestrator.config import RedisConfig
 from orchestrator.store import JobStore, LocalRedis
 
-# Tests never export traces unless asked to.
-os.environ.setdefault("OTEL_SDK_DISABLED", "true")
-
 _prefixes = itertools.count()
 
 

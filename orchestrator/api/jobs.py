@@ -1,0 +1,153 @@
+"""``orchestrator.v1.JobService``: proto in, one store call, proto out.
+
+Errors are not handled here: they propagate to ``orchestrator.api.errors.ErrorInterceptor``.
+A malformed job id is INVALID_ARGUMENT naming ``job_id`` (it cannot be any job's id); a
+well-formed id of no job is NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
+
+from grpc import aio
+from opentelemetry import trace
+
+from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc, types_pb2
+from orchestrator.api.logs import LogProxy
+from orchestrator.errors import InvalidSpecError
+from orchestrator.states import JobState
+from orchestrator.store import JobStore
+from orchestrator.tracing import context_from_metadata, current_traceparent, get_tracer
+from orchestrator.validation import normalize_spec, validate_job_id
+
+__all__ = ["JobServiceServicer"]
+
+log = logging.getLogger(__name__)
+_tracer = get_tracer(__name__)
+
+_EVENT_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_MAX_PAGE_SIZE = 1000
+_MAX_REASON = 1024
+
+
+def _states(values: list[int]) -> list[JobState]:
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(JobState(value))
+        except ValueError:
+            raise InvalidSpecError(f"states[{i}]", f"{value} is not a job state") from None
+    return out
+
+
+def _page_token(token: str) -> str:
+    if token:
+        try:
+            validate_job_id(token)
+        except InvalidSpecError:
+            raise InvalidSpecError(
+                "page_token", "is not a next_page_token from an earlier ListJobs answer"
+            ) from None
+    return token
+
+
+def _reason(reason: str) -> str:
+    if len(reason) > _MAX_REASON:
+        raise InvalidSpecError("reason", f"longer than {_MAX_REASON} characters")
+    return reason
+
+
+def _after(event_id: str) -> str:
+    if event_id and not _EVENT_ID_RE.match(event_id):
+        raise InvalidSpecError("after_event_id", f"{event_id[:40]!r} is not an event id")
+    return event_id
+
+
+class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
+    """Submit, inspect, follow and cancel jobs on one :class:`JobStore`."""
+
+    def __init__(self, store: JobStore, *, logs: LogProxy) -> None:
+        self._store = store
+        self._logs = logs
+
+    async def SubmitJob(
+        self, request: service_pb2.SubmitJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> service_pb2.SubmitJobResponse:
+        parent = context_from_metadata(tuple(context.invocation_metadata() or ()))
+        with _tracer.start_as_current_span(
+            "api.submit", context=parent, kind=trace.SpanKind.SERVER
+        ) as span:
+            spec = normalize_spec(request.spec)
+            span.set_attributes(
+                {"job.tenant": spec.tenant, "job.queue": spec.queue, "job.name": spec.name}
+            )
+            job, deduplicated = await self._store.submit(spec, traceparent=current_traceparent())
+            span.set_attributes({"job.id": job.id, "job.deduplicated": deduplicated})
+        log.info("submitted %s (%s/%s) dedup=%s", job.id, spec.tenant, spec.name, deduplicated)
+        return service_pb2.SubmitJobResponse(job=job, deduplicated=deduplicated)
+
+    async def GetJob(
+        self, request: service_pb2.GetJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> service_pb2.GetJobResponse:
+        validate_job_id(request.job_id)
+        return service_pb2.GetJobResponse(job=await self._store.get_job(request.job_id))
+
+    async def ListJobs(
+        self, request: service_pb2.ListJobsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> service_pb2.ListJobsResponse:
+        jobs, token = await self._store.list_jobs(
+            states=_states(list(request.states)),
+            tenant=request.tenant,
+            queue=request.queue,
+            site=request.site,
+            page_size=min(request.page_size or 100, _MAX_PAGE_SIZE),
+            page_token=_page_token(request.page_token),
+        )
+        return service_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    async def CancelJob(
+        self, request: service_pb2.CancelJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> service_pb2.CancelJobResponse:
+        validate_job_id(request.job_id)
+        job = await self._store.cancel(request.job_id, _reason(request.reason))
+        log.info("cancel of %s requested: %s", job.id, request.reason or "(no reason)")
+        return service_pb2.CancelJobResponse(job=job)
+
+    async def WatchEvents(
+        self, request: service_pb2.WatchEventsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[types_pb2.JobEvent]:
+        validate_job_id(request.job_id)
+        after = _after(request.after_event_id)
+        job = await self._store.get_job(request.job_id)  # NOT_FOUND before streaming
+        if request.follow and not JobState(job.state).is_terminal():
+            # Ends after the terminal event; a client going away cancels this generator.
+            events = cast(
+                AsyncGenerator[types_pb2.JobEvent, None],
+                self._store.follow_events(job.id, after=after),
+            )
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+            return
+        while True:
+            page = await self._store.events(job.id, after=after)
+            for event in page:
+                yield event
+            if not page:
+                return
+            after = page[-1].event_id
+
+    async def StreamLogs(
+        self, request: service_pb2.StreamLogsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[service_pb2.LogChunk]:
+        validate_job_id(request.job_id)
+        chunks = self._logs.stream(
+            request.job_id, attempt=request.attempt, follow=request.follow, stream=request.stream
+        )
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk

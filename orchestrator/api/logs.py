@@ -1,0 +1,138 @@
+"""The log proxy: a job attempt's output, read from the agent of the site it ran on.
+
+The API server holds no output. For ``StreamLogs`` it finds the attempt's site, that site's
+registered agent ``endpoint``, and streams ``AgentService.ReadLogs`` from there over a channel
+kept open per endpoint (a re-registered endpoint gets a new channel; there is at most one per
+registered site).
+
+Errors, as domain errors for the one table in ``orchestrator.api.errors``:
+
+- the attempt never reached a site -> ``IllegalTransitionError`` (FAILED_PRECONDITION),
+  "cannot read logs, attempt N has not started";
+- the agent cannot be reached -> ``ServiceUnavailableError`` (UNAVAILABLE) naming site and
+  endpoint;
+- the agent has no output for the attempt -> ``NotFoundError`` (NOT_FOUND);
+- any other agent failure -> ``InternalError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
+from orchestrator._pb.orchestrator.v1 import service_pb2, types_pb2
+from orchestrator.errors import (
+    IllegalTransitionError,
+    InternalError,
+    InvalidSpecError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from orchestrator.states import JobState
+from orchestrator.store import JobStore
+from orchestrator.tracing import metadata_with_trace
+
+__all__ = ["LogProxy"]
+
+log = logging.getLogger(__name__)
+
+_NOT_STARTED = frozenset({JobState.PENDING, JobState.SCHEDULED})
+
+
+class LogProxy:
+    """Streams job output from site agents, with one cached channel per agent endpoint."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._store = store
+        self._options = tuple(channel_options)
+        self._channels: dict[str, aio.Channel] = {}
+        self._lock = asyncio.Lock()
+
+    async def _site_of(self, job: types_pb2.Job, attempt: int) -> str:
+        """The site attempt ``attempt`` of ``job`` was sent to, or "" if it never was."""
+        if attempt == job.attempt:
+            if JobState(job.state) in _NOT_STARTED:
+                return ""
+            return job.site
+        site, after = "", ""
+        while page := await self._store.events(job.id, after=after):
+            for event in page:
+                placed = event.state > JobState.SCHEDULED.value
+                if event.attempt == attempt and event.site and placed:
+                    site = event.site
+            after = page[-1].event_id
+        return site
+
+    async def _channel(self, endpoint: str) -> aio.Channel:
+        async with self._lock:
+            channel = self._channels.get(endpoint)
+            if channel is None:
+                channel = aio.insecure_channel(endpoint, options=self._options)
+                self._channels[endpoint] = channel
+            return channel
+
+    async def stream(
+        self,
+        job_id: str,
+        *,
+        attempt: int = 0,
+        follow: bool = False,
+        stream: service_pb2.LogStream.ValueType = service_pb2.LOG_STREAM_UNSPECIFIED,
+    ) -> AsyncGenerator[service_pb2.LogChunk, None]:
+        """Output of attempt ``attempt`` (0 = the current one) of ``job_id``, from its agent."""
+        job = await self._store.get_job(job_id)
+        attempt = attempt or job.attempt
+        if attempt > job.attempt:
+            raise InvalidSpecError("attempt", f"job {job_id!r} has had {job.attempt} attempt(s)")
+        site_id = await self._site_of(job, attempt)
+        if not site_id:
+            raise IllegalTransitionError(
+                job_id, JobState(job.state).name, f"read logs, attempt {attempt} has not started"
+            )
+        endpoint = (await self._store.get_site(site_id)).site.endpoint
+        stub = agent_pb2_grpc.AgentServiceStub(await self._channel(endpoint))
+        request = agent_pb2.ReadLogsRequest(
+            job_id=job_id,
+            attempt=attempt,
+            follow=follow,
+            stream=stream,
+        )
+        call = stub.ReadLogs(request, metadata=metadata_with_trace())
+        try:
+            async for chunk in call:
+                yield chunk
+        except aio.AioRpcError as exc:
+            raise _agent_error(exc, site_id, endpoint, job_id, attempt) from exc
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        """Close every agent channel."""
+        async with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+
+def _agent_error(
+    exc: aio.AioRpcError, site_id: str, endpoint: str, job_id: str, attempt: int
+) -> Exception:
+    code, details = exc.code(), exc.details() or ""
+    where = f"the agent of site {site_id!r} at {endpoint}"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        log.warning("log proxy: %s is unreachable: %s", where, details)
+        return ServiceUnavailableError(f"{where} is unreachable; cannot read logs of {job_id}")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFoundError(f"{where} has no output for attempt {attempt} of job {job_id!r}")
+    return InternalError(f"{where} failed to read logs: {code.name}: {details}")

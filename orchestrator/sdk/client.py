@@ -1,0 +1,393 @@
+"""``AsyncClient``: the one implementation of the SDK, on grpc.aio.
+
+    async with await AsyncClient.connect("127.0.0.1:50051") as client:
+        job = await client.submit(JobSpec(name="hello", tenant="acme", command=["echo", "hi"]))
+        final = await job.wait(timeout=60)
+
+Every call carries the caller's trace context (``traceparent``) in its metadata; ``submit``
+opens a client span ``sdk.submit`` so a job's trace starts here. Failures raise the classes of
+``orchestrator.errors`` (mapped back from status codes by ``orchestrator.sdk.errors``).
+The synchronous ``Client`` (``orchestrator.sdk.sync``) runs this class on a private loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+
+from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc, types_pb2
+from orchestrator.errors import ServiceUnavailableError, WaitTimeoutError
+from orchestrator.sdk.errors import error_from_rpc
+from orchestrator.sdk.job import AsyncJob
+from orchestrator.spec import JobSpec
+from orchestrator.states import JobState
+from orchestrator.tracing import get_tracer, metadata_with_trace
+
+__all__ = ["AsyncClient"]
+
+log = logging.getLogger(__name__)
+_tracer = get_tracer(__name__)
+
+T = TypeVar("T")
+
+_JOB_SERVICE = "orchestrator.v1.JobService"
+_PAGE_SIZE = 500
+_RECONNECT_ATTEMPTS = 5
+
+
+def _state(value: int) -> JobState | None:
+    try:
+        return JobState(value)
+    except ValueError:
+        return None
+
+
+def _name(value: int) -> str:
+    state = _state(value)
+    return state.name if state is not None else str(value)
+
+
+def _is_terminal(value: int) -> bool:
+    state = _state(value)
+    return state is not None and state.is_terminal()
+
+
+def _states(states: Iterable[JobState | str]) -> list[types_pb2.JobState.ValueType]:
+    out = []
+    for s in states:
+        state = s if isinstance(s, JobState) else JobState.from_name(s)
+        out.append(types_pb2.JobState.ValueType(state.value))
+    return out
+
+
+class AsyncClient:
+    """A connection to the API server. Make one with :meth:`connect`; close it when done."""
+
+    def __init__(
+        self,
+        channel: aio.Channel,
+        *,
+        address: str,
+        timeout: float,
+        metadata: Sequence[tuple[str, str]],
+    ) -> None:
+        """Wrap an open channel; most callers want :meth:`connect`."""
+        self._channel = channel
+        self._address = address
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+        self._jobs = service_pb2_grpc.JobServiceStub(channel)
+        self._sites = service_pb2_grpc.SiteServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the default deadline of every later call
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncClient:
+        """Connect to the API server at ``host:port`` and check that it is serving.
+
+        ``timeout`` bounds each unary call (streams that follow a job are unbounded);
+        ``metadata`` is sent with every call. Raises ``ServiceUnavailableError`` at once if
+        nothing answers at ``address``.
+        """
+        channel = aio.insecure_channel(address)
+        client = cls(channel, address=address, timeout=timeout, metadata=metadata)
+        try:
+            await client._check_serving()
+        except BaseException:
+            await channel.close()
+            raise
+        return client
+
+    async def _check_serving(self) -> None:
+        request = health_pb2.HealthCheckRequest(service=_JOB_SERVICE)
+        response = await self._call(
+            self._health.Check(request, timeout=self._timeout, metadata=self._meta())
+        )
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            raise ServiceUnavailableError(
+                f"the API server at {self._address} is not serving (it may be shutting down)"
+            )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the API server."""
+        return self._address
+
+    async def close(self) -> None:
+        """Close the connection; open streams end."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _meta(self) -> list[tuple[str, str]]:
+        return metadata_with_trace(self._metadata)
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except aio.AioRpcError as exc:
+            raise error_from_rpc(exc, address=self._address) from exc
+
+    async def _stream(self, call: Any) -> AsyncGenerator[Any, None]:
+        try:
+            async for item in call:
+                yield item
+        except aio.AioRpcError as exc:
+            raise error_from_rpc(exc, address=self._address) from exc
+        finally:
+            call.cancel()
+
+    # ---------------------------------------------------------------- jobs
+
+    async def submit(self, spec: JobSpec | types_pb2.JobSpec) -> AsyncJob:
+        """Submit a job; returns its handle (``.info`` holds the accepted job).
+
+        A retry with the same ``client_request_id`` returns the same job, with
+        ``deduplicated`` set on the handle.
+        """
+        pb = spec.to_proto() if isinstance(spec, JobSpec) else spec
+        with _tracer.start_as_current_span(
+            "sdk.submit",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"job.name": pb.name, "job.tenant": pb.tenant},
+        ) as span:
+            response = await self._call(
+                self._jobs.SubmitJob(
+                    service_pb2.SubmitJobRequest(spec=pb),
+                    timeout=self._timeout,
+                    metadata=self._meta(),
+                )
+            )
+            span.set_attribute("job.id", response.job.id)
+        return AsyncJob(
+            self, response.job.id, info=response.job, deduplicated=response.deduplicated
+        )
+
+    def job(self, job_id: str) -> AsyncJob:
+        """A handle on job ``job_id`` (no call is made)."""
+        return AsyncJob(self, job_id)
+
+    async def get_job(self, job_id: str) -> types_pb2.Job:
+        """The job record. Raises ``JobNotFoundError``."""
+        response = await self._call(
+            self._jobs.GetJob(
+                service_pb2.GetJobRequest(job_id=job_id),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.job
+
+    async def list_jobs(
+        self,
+        *,
+        states: Iterable[JobState | str] = (),
+        tenant: str = "",
+        queue: str = "",
+        site: str = "",
+        limit: int | None = None,
+    ) -> list[types_pb2.Job]:
+        """Jobs newest first, filtered; pages through until ``limit`` (None: all of them)."""
+        jobs: list[types_pb2.Job] = []
+        token = ""
+        wanted = _states(states)
+        while limit is None or len(jobs) < limit:
+            page_size = _PAGE_SIZE if limit is None else min(_PAGE_SIZE, limit - len(jobs))
+            response = await self._call(
+                self._jobs.ListJobs(
+                    service_pb2.ListJobsRequest(
+                        states=wanted,
+                        tenant=tenant,
+                        queue=queue,
+                        site=site,
+                        page_size=page_size,
+                        page_token=token,
+                    ),
+                    timeout=self._timeout,
+                    metadata=self._meta(),
+                )
+            )
+            jobs.extend(response.jobs)
+            token = response.next_page_token
+            if not token:
+                break
+        return jobs if limit is None else jobs[:limit]
+
+    async def cancel(self, job_id: str, *, reason: str = "") -> types_pb2.Job:
+        """Request cancellation (idempotent). Raises ``IllegalTransitionError`` if the job
+        already ended otherwise, ``JobNotFoundError`` if there is no such job."""
+        response = await self._call(
+            self._jobs.CancelJob(
+                service_pb2.CancelJobRequest(job_id=job_id, reason=reason),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.job
+
+    async def events(
+        self, job_id: str, *, follow: bool = False, after: str = ""
+    ) -> AsyncIterator[types_pb2.JobEvent]:
+        """The job's events after cursor ``after``; with ``follow``, then new ones until the
+        job ends (the last event is the terminal one)."""
+        call = self._jobs.WatchEvents(
+            service_pb2.WatchEventsRequest(job_id=job_id, after_event_id=after, follow=follow),
+            timeout=None if follow else self._timeout,
+            metadata=self._meta(),
+        )
+        async with contextlib.aclosing(self._stream(call)) as stream:
+            async for event in stream:
+                yield event
+
+    async def logs(
+        self, job_id: str, *, follow: bool = False, attempt: int = 0
+    ) -> AsyncIterator[bytes]:
+        """Output of the job (stdout and stderr) as raw byte chunks, read from its site's agent.
+
+        ``attempt`` 0 means the current one. With ``follow``, waits for the job to start, then
+        streams until the attempt ends. Raises ``IllegalTransitionError`` if the attempt never
+        started (without ``follow``: has not started yet).
+        """
+        if follow:
+            await self._wait_started(job_id)
+        call = self._jobs.StreamLogs(
+            service_pb2.StreamLogsRequest(job_id=job_id, attempt=attempt, follow=follow),
+            metadata=self._meta(),
+        )
+        async with contextlib.aclosing(self._stream(call)) as stream:
+            async for chunk in stream:
+                yield chunk.data
+
+    async def _wait_started(self, job_id: str) -> None:
+        started = {JobState.RUNNING}
+        job = await self.get_job(job_id)
+        if _state(job.state) in started or _is_terminal(job.state):
+            return
+        async for event in self.events(job_id, follow=True):
+            if _state(event.state) in started or _is_terminal(event.state):
+                return
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - becomes WaitTimeoutError
+        poll_interval: float | None = None,
+    ) -> types_pb2.Job:
+        """Wait for the job to end; returns the final job.
+
+        Follows the job's event stream (or, with ``poll_interval``, polls). A dropped stream is
+        resumed from its last event, up to a few times in a row. Raises ``WaitTimeoutError``
+        after ``timeout`` seconds; the job itself is unaffected.
+        """
+        last = JobState.PENDING.name
+        try:
+            async with asyncio.timeout(timeout):
+                if poll_interval is not None:
+                    while True:
+                        job = await self.get_job(job_id)
+                        last = _name(job.state)
+                        if _is_terminal(job.state):
+                            return job
+                        await asyncio.sleep(poll_interval)
+                after = ""
+                failures = 0
+                while True:
+                    job = await self.get_job(job_id)
+                    last = _name(job.state)
+                    if _is_terminal(job.state):
+                        return job
+                    try:
+                        async for event in self.events(job_id, follow=True, after=after):
+                            after = event.event_id
+                            failures = 0
+                            last = _name(event.state)
+                    except ServiceUnavailableError:
+                        failures += 1
+                        if failures >= _RECONNECT_ATTEMPTS:
+                            raise
+                        log.debug("event stream of %s dropped; resuming after %s", job_id, after)
+                        await asyncio.sleep(0.2 * 2**failures)
+        except TimeoutError:
+            raise WaitTimeoutError(job_id, timeout or 0.0, last) from None
+
+    # ---------------------------------------------------------------- sites
+
+    async def sites(self) -> list[types_pb2.SiteStatus]:
+        """All registered sites with their status, ordered by id."""
+        response = await self._call(
+            self._sites.ListSites(
+                service_pb2.ListSitesRequest(), timeout=self._timeout, metadata=self._meta()
+            )
+        )
+        return list(response.sites)
+
+    async def get_site(self, site_id: str) -> types_pb2.SiteStatus:
+        """One site with its status. Raises ``SiteNotFoundError``."""
+        response = await self._call(
+            self._sites.GetSite(
+                service_pb2.GetSiteRequest(site_id=site_id),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.site
+
+    async def register_site(self, site: types_pb2.Site) -> types_pb2.SiteStatus:
+        """Register a site (or update its registration, keeping its state)."""
+        response = await self._call(
+            self._sites.RegisterSite(
+                service_pb2.RegisterSiteRequest(site=site),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.site
+
+    async def _set_site_state(
+        self, site_id: str, state: types_pb2.SiteState.ValueType, reason: str
+    ) -> types_pb2.SiteStatus:
+        response = await self._call(
+            self._sites.SetSiteState(
+                service_pb2.SetSiteStateRequest(site_id=site_id, state=state, reason=reason),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.site
+
+    async def cordon(self, site_id: str, *, reason: str = "") -> types_pb2.SiteStatus:
+        """Take no new work at the site; running work continues."""
+        return await self._set_site_state(site_id, types_pb2.SITE_STATE_CORDONED, reason)
+
+    async def drain(self, site_id: str, *, reason: str = "") -> types_pb2.SiteStatus:
+        """Take no new work at the site while it empties."""
+        return await self._set_site_state(site_id, types_pb2.SITE_STATE_DRAINING, reason)
+
+    async def activate(self, site_id: str, *, reason: str = "") -> types_pb2.SiteStatus:
+        """Accept new work at the site again (undo cordon or drain)."""
+        return await self._set_site_state(site_id, types_pb2.SITE_STATE_ACTIVE, reason)

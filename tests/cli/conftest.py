@@ -1,0 +1,40 @@
+"""``sgctl`` against a live in-process API server (over the session's Redis).
+
+The server runs in the test's event loop; each CLI invocation runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from click.testing import CliRunner, Result
+
+from orchestrator.api import ApiServer
+from orchestrator.cli import cli
+from orchestrator.store import JobStore
+
+Sgctl = Callable[..., Awaitable[Result]]
+
+
+@pytest.fixture
+async def api(store: JobStore) -> AsyncIterator[ApiServer]:
+    server = ApiServer(store)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture
+def sgctl(api: ApiServer) -> Sgctl:
+    """Run ``sgctl ARGS`` against the test's API server; returns click's Result."""
+
+    async def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
+        runner = CliRunner()
+        env = {"SG_API": api.address, **(env or {})}
+        return await asyncio.to_thread(runner.invoke, cli, list(args), env=env)
+
+    return run
