@@ -1,0 +1,5 @@
+"""``python -m orchestrator.cli``: the same as ``sgctl``."""
+
+from orchestrator.cli.main import main
+
+main()
