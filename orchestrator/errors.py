@@ -7,7 +7,8 @@
     │   └── SiteNotFoundError      no such site (site)
     ├── IllegalTransitionError     the job is not in a state that allows the change
     ├── StoreUnavailableError      the queue store (Redis) cannot be reached
-    ├── ServiceUnavailableError    the API server cannot be reached (client side)
+    ├── ServiceUnavailableError    a service cannot be reached: the API server (SDK side),
+    │                              or a site's agent (API side, e.g. for logs)
     ├── WaitTimeoutError           Job.wait() ran out of time (job_id)
     └── InternalError              anything else; the server logged its traceback
 
@@ -99,7 +100,7 @@ class StoreUnavailableError(OrchestratorError):
 
 
 class ServiceUnavailableError(OrchestratorError):
-    """The API server cannot be reached (raised by the SDK)."""
+    """A service cannot be reached: the API server (raised by the SDK) or a site's agent."""
 
 
 class WaitTimeoutError(OrchestratorError):
