@@ -15,8 +15,29 @@ __all__ = ["new_job_id"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 _RAND_BITS = 30
-_lock = threading.Lock()
-_last = (0, 0)
+
+
+class _Clock:
+    """The last (millisecond, random part) handed out, to keep ids increasing."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last_ms = 0
+        self.last_rand = 0
+
+    def next(self, ms: int) -> tuple[int, int]:
+        with self.lock:
+            if ms <= self.last_ms:
+                ms, rand = self.last_ms, self.last_rand + 1
+                if rand >= 1 << _RAND_BITS:
+                    ms, rand = self.last_ms + 1, secrets.randbits(_RAND_BITS - 1)
+            else:
+                rand = secrets.randbits(_RAND_BITS - 1)  # room to count up within the ms
+            self.last_ms, self.last_rand = ms, rand
+            return ms, rand
+
+
+_clock = _Clock()
 
 
 def _b32(value: int, width: int) -> str:
@@ -29,15 +50,5 @@ def _b32(value: int, width: int) -> str:
 
 def new_job_id(now: float | None = None) -> str:
     """A new id such as ``j-01jc3k9x7m-4f9d2q``: millisecond time, then 30 random bits."""
-    global _last
-    ms = int((time.time() if now is None else now) * 1000)
-    with _lock:
-        last_ms, last_rand = _last
-        if ms <= last_ms:
-            ms, rand = last_ms, last_rand + 1
-            if rand >= 1 << _RAND_BITS:
-                ms, rand = last_ms + 1, secrets.randbits(_RAND_BITS - 1)
-        else:
-            rand = secrets.randbits(_RAND_BITS - 1)  # leave room to count up within the ms
-        _last = (ms, rand)
+    ms, rand = _clock.next(int((time.time() if now is None else now) * 1000))
     return f"j-{_b32(ms, 10)}-{_b32(rand, 6)}"
