@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -180,7 +181,7 @@ def _describe_table(job: types_pb2.Job, events: list[types_pb2.JobEvent]) -> str
         ("Tenant", spec.tenant),
         ("Queue", spec.queue),
         ("Priority", types_pb2.PriorityClass.Name(spec.priority).removeprefix("PRIORITY_CLASS_")),
-        ("Command", " ".join(spec.command)),
+        ("Command", shlex.join(spec.command)),
         ("Resources", f"{res.nodes} node(s) x ({gpus} GPUs, {res.cpus} CPUs, {res.memory_mb} MiB)"),
         ("Jurisdictions", ", ".join(spec.placement.allowed_jurisdictions) or "any"),
         ("State", job_state(job) + (" (cancel requested)" if job.cancel_requested else "")),

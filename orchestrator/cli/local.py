@@ -265,6 +265,9 @@ def _summarise(jobs: list[Any]) -> bool:
     click.echo()
     click.echo("by site:  " + ", ".join(f"{s} {n}" for s, n in sorted(per_site.items())))
     click.echo("by state: " + ", ".join(f"{s} {n}" for s, n in sorted(per_state.items())))
+    for j in jobs:
+        if j.unschedulable:
+            click.echo(f"{j.spec.name}: {j.reason}")
     norway = [r for r in rows if r[1] == "NO"]
     checks = [
         ("every job finished", all(r[3] in _TERMINAL_NAMES for r in rows)),

@@ -113,6 +113,22 @@ async def _start_agents(
     return out
 
 
+async def _wait_connected(store: JobStore, site_ids: list[str], progress: _Progress) -> None:
+    """Wait until the dispatchers hold a stream to every site (or say which did not connect)."""
+    deadline = time.monotonic() + 30
+    while True:
+        records = await store.site_records(site_ids)
+        connected = sorted(r.site.id for r in records if r.connected_by)
+        if len(connected) == len(site_ids):
+            progress(f"dispatchers connected to all {len(site_ids)} sites")
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(set(site_ids) - set(connected))
+            progress(f"WARNING: not yet connected after 30s: {', '.join(missing)}")
+            return
+        await asyncio.sleep(0.1)
+
+
 def _stop_process(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
     if proc.poll() is not None:
         return
@@ -171,6 +187,7 @@ async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
                 reg = site.to_proto()
                 reg.endpoint = agents[site.id][1]
                 await store.register_site(normalize_site(reg))
+            await _wait_connected(store, [s.id for s in sites], progress)
         write_state(
             opts.state_dir,
             UpState(
