@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import yaml
-
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.errors import InvalidSpecError, SiteNotFoundError
+from orchestrator.jurisdictions import ISO_COUNTRY_CODES, check_country
+from orchestrator.yamlfile import read_yaml
 
 __all__ = [
     "ISO_COUNTRY_CODES",
@@ -49,23 +49,6 @@ _SITE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _GPU_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
-_ISO_CODES_TEXT = """
-    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ
-    BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM
-    DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS
-    GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN
-    KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ
-    MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM
-    PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV
-    SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI
-    VN VU WF WS YE YT ZA ZM ZW
-"""
-
-#: Every officially assigned ISO 3166-1 alpha-2 code.
-ISO_COUNTRY_CODES: frozenset[str] = frozenset(_ISO_CODES_TEXT.split())
-
-# Common mistakes worth a hint: these look like country codes but are not ISO 3166-1 alpha-2.
-_CODE_HINTS = {"UK": "GB", "EL": "GR"}
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -231,16 +214,7 @@ class SiteConfig:
 
 
 def _check_country(field_name: str, code: str) -> None:
-    if code in ISO_COUNTRY_CODES:
-        return
-    hint = _CODE_HINTS.get(code.upper())
-    if hint:
-        raise InvalidSpecError(
-            field_name, f"{code!r} is not an ISO 3166-1 alpha-2 code (use {hint!r})"
-        )
-    if code.upper() in ISO_COUNTRY_CODES:
-        raise InvalidSpecError(field_name, f"{code!r} must be upper case ({code.upper()!r})")
-    raise InvalidSpecError(field_name, f"{code!r} is not an ISO 3166-1 alpha-2 code")
+    check_country(field_name, code)
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -250,37 +224,10 @@ _OPTIONAL_KEYS = ("regions", "gpus", "gpu_watts", "home_countries", "renewable_s
 _ALL_KEYS = frozenset(_REQUIRED_KEYS + _OPTIONAL_KEYS)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false, so ``NO`` (Norway) is a string."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-
-
 def load_site_file(path: str | os.PathLike[str]) -> list[SiteConfig]:
     """Read and validate a site file. Raises ``InvalidSpecError`` naming the field and file."""
     source = os.fspath(path)
-    try:
-        with open(source, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise InvalidSpecError("sites", f"cannot read {source}: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        raise InvalidSpecError("sites", f"{source}: not valid YAML{where}") from exc
+    data = read_yaml(source, field="sites")
     return parse_sites(data, source=source)
 
 

@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import yaml
-
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.errors import InvalidSpecError
 from orchestrator.validation import normalize_spec
+from orchestrator.yamlfile import read_yaml
 
 __all__ = ["JobSpec", "Placement", "PriorityClass", "Resources", "load_job_file", "parse_jobs"]
 
@@ -386,21 +384,6 @@ def _parse_job(data: object, path: str) -> JobSpec:
     return JobSpec(**kwargs)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false, so ``NO`` (Norway) is a string."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-
-
 def _copies(entry: Mapping[str, Any], path: str) -> tuple[Mapping[str, Any], int]:
     if not isinstance(entry, Mapping) or "count" not in entry:
         return entry, 1
@@ -448,19 +431,7 @@ def parse_jobs(data: object) -> list[JobSpec]:
 def load_job_file(path: str | os.PathLike[str]) -> list[JobSpec]:
     """Read a YAML (or JSON) job file. Raises ``InvalidSpecError`` naming the field and file."""
     source = os.fspath(path)
-    try:
-        with open(source, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise InvalidSpecError("file", f"cannot read {source}: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise InvalidSpecError("file", f"{source} is not valid YAML{where}") from exc
-    if data is None:
-        raise InvalidSpecError("file", f"{source} is empty")
+    data = read_yaml(source, field="file")
     try:
         return parse_jobs(data)
     except InvalidSpecError as exc:

@@ -11,6 +11,7 @@ import unicodedata
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.errors import InvalidSpecError
+from orchestrator.jurisdictions import check_country
 
 __all__ = [
     "MAX_ARGS",
@@ -25,7 +26,6 @@ _SITE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _JOB_ID_RE = re.compile(r"^j-[0-9a-z]{10}-[0-9a-z]{6}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
-_COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 _GPU_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 
 MAX_ARGS = 4096
@@ -125,8 +125,7 @@ def normalize_spec(spec: types_pb2.JobSpec) -> types_pb2.JobSpec:
     seen: set[str] = set()
     for i, code in enumerate(out.placement.allowed_jurisdictions):
         field = f"placement.allowed_jurisdictions[{i}]"
-        if not _COUNTRY_RE.match(code):
-            raise InvalidSpecError(field, f"{code[:20]!r} is not an ISO 3166-1 alpha-2 code")
+        check_country(field, code[:20])
         if code in seen:
             raise InvalidSpecError(field, f"{code} is listed twice")
         seen.add(code)
@@ -160,10 +159,7 @@ def normalize_site(site: types_pb2.Site) -> types_pb2.Site:
     if not out.name:
         out.name = out.id
     _check_text("site.name", out.name, max_len=128)
-    if not _COUNTRY_RE.match(out.jurisdiction):
-        raise InvalidSpecError(
-            "site.jurisdiction", f"{out.jurisdiction[:20]!r} is not an ISO 3166-1 alpha-2 code"
-        )
+    check_country("site.jurisdiction", out.jurisdiction[:20])
     types: set[str] = set()
     for i, pool in enumerate(out.gpus):
         _check_name(f"site.gpus[{i}].type", pool.type, _GPU_TYPE_RE, "a GPU type name")
