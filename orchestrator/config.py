@@ -28,6 +28,10 @@ class RedisConfig:
     """Seconds before a Redis command is given up as unavailable."""
     ssl_ca_certs: str | None = None
     """CA bundle to verify a ``rediss://`` server with; the system store when unset."""
+    max_connections: int = 64
+    """Connections per process for commands; more concurrent requests wait for one."""
+    max_watch_connections: int = 256
+    """Connections per process for blocking reads (clients following a job's events)."""
 
     @classmethod
     def from_url(cls, url: str, **overrides: object) -> RedisConfig:

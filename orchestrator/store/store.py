@@ -153,28 +153,54 @@ def pending_score(priority: int, submit_ms: int) -> int:
 class JobStore:
     """Jobs, queues, sites and events in one Redis, under one key prefix."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "sg:") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "sg:",
+        watch_client: aioredis.Redis | None = None,
+    ) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.prefix = prefix
         self._scripts = Scripts(client)
+        # Blocking reads (event followers) hold a connection for a while: they get their own
+        # pool, so that many watchers never starve submits of connections.
+        self._watch_client = watch_client or client
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> JobStore:
-        """A store on a new connection pool for ``config`` (connects lazily)."""
+        """A store on new connection pools for ``config`` (connects lazily).
+
+        The pools wait for a free connection (up to ``socket_timeout``) rather than failing at
+        once when all are busy, so a burst of concurrent requests queues instead of erroring.
+        """
         kwargs: dict[str, Any] = {
             "socket_timeout": config.socket_timeout,
             "socket_connect_timeout": config.socket_timeout,
             "health_check_interval": 30,
+            "timeout": config.socket_timeout,
         }
         if config.ssl_ca_certs:
             kwargs["ssl_ca_certs"] = config.ssl_ca_certs
-        client = aioredis.Redis.from_url(config.url, **kwargs)
-        return cls(client, prefix=config.prefix)
+
+        def client(max_connections: int) -> aioredis.Redis:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                config.url, max_connections=max_connections, **kwargs
+            )
+            return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
+
+        return cls(
+            client(config.max_connections),
+            prefix=config.prefix,
+            watch_client=client(config.max_watch_connections),
+        )
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         await self.client.aclose()
+        if self._watch_client is not self.client:
+            await self._watch_client.aclose()
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless Redis answers."""
@@ -352,7 +378,7 @@ class JobStore:
                 start = f"({after}" if after else "-"
                 rows: Any = await self.client.xrange(key, start, "+", count=count)
             else:
-                res: Any = await self.client.xread(
+                res: Any = await self._watch_client.xread(
                     {key: after or "0-0"}, count=count, block=block_ms
                 )
                 rows = res[0][1] if res else []

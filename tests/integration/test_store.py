@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator.config import RedisConfig
 from orchestrator.errors import (
     IllegalTransitionError,
     JobNotFoundError,
@@ -248,7 +249,6 @@ async def test_durability_settings_are_checked(store: JobStore) -> None:
 
 
 async def test_unreachable_redis_is_unavailable_and_writes_nothing() -> None:
-    from orchestrator.config import RedisConfig
     from orchestrator.store import free_port
 
     dead = JobStore.from_config(
@@ -259,3 +259,18 @@ async def test_unreachable_redis_is_unavailable_and_writes_nothing() -> None:
             await dead.submit(spec("a"))
     finally:
         await dead.close()
+
+
+async def test_a_burst_beyond_the_pool_size_queues_instead_of_failing(
+    redis_config: RedisConfig,
+) -> None:
+    import asyncio
+    import dataclasses
+
+    small = JobStore.from_config(dataclasses.replace(redis_config, max_connections=4))
+    try:
+        results = await asyncio.gather(*[small.submit(spec(f"b{i}")) for i in range(200)])
+        assert len({job.id for job, _ in results}) == 200
+        assert len(await small.pending_window(1000)) == 200
+    finally:
+        await small.close()
