@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -22,8 +23,19 @@ T = TypeVar("T")
 class LoopThread:
     """``main(stop)`` runs on its own loop until ``stop()`` sets the event it was given."""
 
-    def __init__(self, main: Callable[[asyncio.Event], Awaitable[None]], *, name: str) -> None:
+    def __init__(
+        self,
+        main: Callable[[asyncio.Event], Awaitable[None]],
+        *,
+        name: str,
+        exit_process_if_it_ends: bool = False,
+    ) -> None:
+        """With ``exit_process_if_it_ends``, the process exits (code 70) when ``main`` returns
+        or fails without ``stop()`` having been called: a Ray actor then gets restarted instead
+        of living on with a dead loop."""
         self._main = main
+        self._exit_process = exit_process_if_it_ends
+        self._stopping = False
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -52,6 +64,12 @@ class LoopThread:
         finally:
             self._ready.set()
             self._loop.close()
+            if self._exit_process and not self._stopping:
+                log.error(
+                    "%s: main loop ended unexpectedly; exiting the process", self._thread.name
+                )
+                logging.shutdown()
+                os._exit(70)
 
     def call(self, factory: Callable[[], Awaitable[T]], *, timeout: float = 30.0) -> T:
         """Run a coroutine on the loop from another thread and return its result."""
@@ -68,6 +86,7 @@ class LoopThread:
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Ask the main function to return and wait for the thread."""
+        self._stopping = True
         if self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)

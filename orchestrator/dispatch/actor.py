@@ -34,7 +34,9 @@ class DispatcherActor:
             kill_grace_seconds=config.kill_grace_seconds,
         )
         self._dispatcher: Dispatcher | None = None
-        self._thread = LoopThread(self._main, name=f"dispatcher-{index}").start()
+        self._thread = LoopThread(
+            self._main, name=f"dispatcher-{index}", exit_process_if_it_ends=True
+        ).start()
 
     async def _main(self, stop: asyncio.Event) -> None:
         store = JobStore.from_config(self._config.redis)

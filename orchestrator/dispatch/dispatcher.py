@@ -297,6 +297,8 @@ class Dispatcher:
                     await self.refresh()
                 except StoreUnavailableError as exc:
                     log.warning("dispatcher %s: %s", self.opts.dispatcher_id, exc)
+                except Exception:
+                    log.exception("dispatcher %s: refresh failed", self.opts.dispatcher_id)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.opts.refresh_seconds)
         finally:

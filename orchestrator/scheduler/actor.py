@@ -31,7 +31,9 @@ class SchedulerActor:
         configure_tracing("sg-scheduler", otel_env)
         self._config = config
         self._scheduler: Scheduler | None = None
-        self._thread = LoopThread(self._main, name="scheduler").start()
+        self._thread = LoopThread(
+            self._main, name="scheduler", exit_process_if_it_ends=True
+        ).start()
 
     async def _main(self, stop: asyncio.Event) -> None:
         store = JobStore.from_config(self._config.redis)

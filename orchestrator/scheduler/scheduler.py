@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from opentelemetry.trace import Link
+from redis.asyncio.client import PubSub
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import SchedulerConfig
@@ -168,6 +169,12 @@ class Scheduler:
                     await _sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
+                except Exception:
+                    # a bug in one cycle must not stop placement for good: log it, go on
+                    log.exception("scheduler: placement cycle failed; retrying in %.1fs", backoff)
+                    await _sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
                 if stats.placed and stats.window >= self.config.window:
                     continue  # more waiting right behind this window
                 await self._wait_for_wake(pubsub, stop, busy=bool(stats.placed))
@@ -175,7 +182,7 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def _wait_for_wake(self, pubsub: object, stop: asyncio.Event, *, busy: bool) -> None:
+    async def _wait_for_wake(self, pubsub: PubSub, stop: asyncio.Event, *, busy: bool) -> None:
         """Wait for a wake message (new job, freed capacity, site change) or a timeout."""
         timeout = self.config.idle_interval_seconds if busy else 1.0
         deadline = time.monotonic() + timeout
@@ -185,9 +192,7 @@ class Scheduler:
             if left <= 0:
                 return
             try:
-                msg = await pubsub.get_message(  # type: ignore[attr-defined]
-                    ignore_subscribe_messages=True, timeout=left
-                )
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
             except Exception as exc:  # noqa: BLE001 - a broken subscription is resubscribed
                 log.debug("scheduler wake channel: %s", exc)
                 await _sleep_or_stop(stop, min(left, 0.5))
@@ -195,9 +200,7 @@ class Scheduler:
             if msg is not None:
                 got = True
                 # drain the burst: many submits wake us once
-                while await pubsub.get_message(  # type: ignore[attr-defined]
-                    ignore_subscribe_messages=True, timeout=0.0
-                ):
+                while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0):
                     pass
             if got:
                 # let a burst of submits gather into one cycle
