@@ -139,6 +139,10 @@ def _now() -> str:
 def _unavailable_as_error() -> Any:
     try:
         yield
+    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+        raise StoreUnavailableError(
+            f"queue store (Redis) refused the configured credentials: {exc}"
+        ) from exc
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise StoreUnavailableError(f"queue store (Redis) unreachable: {exc}") from exc
     except redis.exceptions.BusyLoadingError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
@@ -274,3 +276,26 @@ async def test_a_burst_beyond_the_pool_size_queues_instead_of_failing(
         assert len(await small.pending_window(1000)) == 200
     finally:
         await small.close()
+
+
+async def test_password_protected_redis_is_one_url_away(tmp_path: Path) -> None:
+    from orchestrator.store import LocalRedis
+
+    server = LocalRedis(tmp_path / "redis", password="s3cret-pw")
+    url = server.start()
+    try:
+        assert url.startswith("redis://:s3cret-pw@")
+        good = JobStore.from_config(RedisConfig.from_url(url, prefix="pw:"))
+        try:
+            job, _ = await good.submit(spec("a"))
+            assert (await good.get_job(job.id)).id == job.id
+        finally:
+            await good.close()
+        no_auth = JobStore.from_config(RedisConfig.from_url(url.replace(":s3cret-pw@", "")))
+        try:
+            with pytest.raises(StoreUnavailableError, match="refused the configured credentials"):
+                await no_auth.ping()
+        finally:
+            await no_auth.close()
+    finally:
+        server.stop()
