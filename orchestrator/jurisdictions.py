@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from orchestrator.errors import InvalidSpecError
 
-__all__ = ["ISO_COUNTRY_CODES", "check_country"]
+__all__ = ["GROUPS", "ISO_COUNTRY_CODES", "check_country", "check_jurisdiction", "expand"]
 
 _CODES_TEXT = """
     AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ
@@ -37,3 +39,64 @@ def check_country(field_name: str, code: str) -> None:
     if code.upper() in ISO_COUNTRY_CODES:
         raise InvalidSpecError(field_name, f"{code!r} must be upper case ({code.upper()!r})")
     raise InvalidSpecError(field_name, f"{code!r} is not an ISO 3166-1 alpha-2 code")
+
+
+_EU = frozenset(
+    [
+        "AT",
+        "BE",
+        "BG",
+        "HR",
+        "CY",
+        "CZ",
+        "DK",
+        "EE",
+        "FI",
+        "FR",
+        "DE",
+        "GR",
+        "HU",
+        "IE",
+        "IT",
+        "LV",
+        "LT",
+        "LU",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SK",
+        "SI",
+        "ES",
+        "SE",
+    ]
+)
+
+#: Named groups of jurisdictions a job may allow instead of (or beside) single countries.
+GROUPS: dict[str, frozenset[str]] = {
+    "EU": _EU,
+    "EEA": _EU | {"IS", "LI", "NO"},
+    "NORDICS": frozenset({"DK", "FI", "IS", "NO", "SE"}),
+    "NORTHERN_EUROPE": frozenset({"DK", "EE", "FI", "GB", "IE", "IS", "LT", "LV", "NO", "SE"}),
+    "GCC": frozenset({"AE", "BH", "KW", "OM", "QA", "SA"}),
+}
+
+
+def check_jurisdiction(field_name: str, code: str) -> None:
+    """Raise unless ``code`` is an ISO 3166-1 alpha-2 code or a group name (``EEA``, ...)."""
+    if code in GROUPS:
+        return
+    try:
+        check_country(field_name, code)
+    except InvalidSpecError as exc:
+        groups = ", ".join(sorted(GROUPS))
+        raise InvalidSpecError(field_name, f"{exc.problem}, nor a group ({groups})") from None
+
+
+def expand(codes: Iterable[str]) -> frozenset[str]:
+    """The countries a list of codes and group names covers (empty stays empty: anywhere)."""
+    out: set[str] = set()
+    for code in codes:
+        out |= GROUPS.get(code, {code})
+    return frozenset(out)

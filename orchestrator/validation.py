@@ -11,7 +11,7 @@ import unicodedata
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.errors import InvalidSpecError
-from orchestrator.jurisdictions import check_country
+from orchestrator.jurisdictions import check_country, check_jurisdiction
 
 __all__ = [
     "MAX_ARGS",
@@ -125,7 +125,7 @@ def normalize_spec(spec: types_pb2.JobSpec) -> types_pb2.JobSpec:
     seen: set[str] = set()
     for i, code in enumerate(out.placement.allowed_jurisdictions):
         field = f"placement.allowed_jurisdictions[{i}]"
-        check_country(field, code[:20])
+        check_jurisdiction(field, code[:20])
         if code in seen:
             raise InvalidSpecError(field, f"{code} is listed twice")
         seen.add(code)
