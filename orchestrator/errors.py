@@ -4,7 +4,8 @@
     ├── InvalidSpecError           a job spec or request field is invalid (names the field)
     ├── NotFoundError
     │   ├── JobNotFoundError       no such job (job_id)
-    │   └── SiteNotFoundError      no such site (site)
+    │   ├── SiteNotFoundError      no such site (site)
+    │   └── TenantNotFoundError    no such tenant (tenant)
     ├── IllegalTransitionError     the job is not in a state that allows the change
     ├── StoreUnavailableError      the queue store (Redis) cannot be reached
     ├── ServiceUnavailableError    a service cannot be reached: the API server (SDK side),
@@ -28,6 +29,7 @@ __all__ = [
     "ServiceUnavailableError",
     "SiteNotFoundError",
     "StoreUnavailableError",
+    "TenantNotFoundError",
     "WaitTimeoutError",
 ]
 
@@ -80,6 +82,17 @@ class SiteNotFoundError(NotFoundError):
 
     def fields(self) -> dict[str, str]:
         return {"site": self.site}
+
+
+class TenantNotFoundError(NotFoundError):
+    """No tenant with this id."""
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(f"tenant {tenant!r} not found")
+        self.tenant = tenant
+
+    def fields(self) -> dict[str, str]:
+        return {"tenant": self.tenant}
 
 
 class IllegalTransitionError(OrchestratorError):

@@ -117,15 +117,29 @@ class SiteConfig:
     """Countries (ISO codes) whose tenants get home-ecosystem priority here. Optional."""
     renewable_share: float = 0.0
     """Share of the site's power from renewable sources, 0..1."""
+    carbon_intensity: float = 0.0
+    """Grams of CO2 per kWh of the site's power supply (>= 0)."""
+    planned_power_mw: float = 0.0
+    """Power capacity planned beyond ``power_cap_mw`` (informational, never scheduled)."""
+    allowed_tenant_countries: tuple[str, ...] = ()
+    """Owner's policy: tenants from these countries may run here (empty: any country)."""
+    allowed_tenants: tuple[str, ...] = ()
+    """Owner's policy: these tenants may run here whatever their country."""
+    surplus_gpus: int | None = None
+    """Owner's policy: most GPUs non-home tenants may hold at once (None: no limit)."""
 
     def __post_init__(self) -> None:
         # Normalise containers so the dataclass stays immutable and hashable.
         object.__setattr__(self, "regions", tuple(self.regions))
         object.__setattr__(self, "home_countries", tuple(self.home_countries))
+        object.__setattr__(self, "allowed_tenant_countries", tuple(self.allowed_tenant_countries))
+        object.__setattr__(self, "allowed_tenants", tuple(self.allowed_tenants))
         object.__setattr__(self, "gpus", FrozenMapping(self.gpus))
         object.__setattr__(self, "gpu_watts", FrozenMapping(self.gpu_watts))
         object.__setattr__(self, "power_cap_mw", float(self.power_cap_mw))
         object.__setattr__(self, "renewable_share", float(self.renewable_share))
+        object.__setattr__(self, "carbon_intensity", float(self.carbon_intensity))
+        object.__setattr__(self, "planned_power_mw", float(self.planned_power_mw))
         self._validate()
 
     def _validate(self) -> None:
@@ -139,6 +153,14 @@ class SiteConfig:
         _check_country("jurisdiction", self.jurisdiction)
         for i, code in enumerate(self.home_countries):
             _check_country(f"home_countries[{i}]", code)
+        for i, code in enumerate(self.allowed_tenant_countries):
+            _check_country(f"allowed_tenant_countries[{i}]", code)
+        if self.surplus_gpus is not None and self.surplus_gpus < 0:
+            raise InvalidSpecError("surplus_gpus", f"must be >= 0, got {self.surplus_gpus}")
+        for name in ("carbon_intensity", "planned_power_mw"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise InvalidSpecError(name, f"must be >= 0, got {value:g}")
         for i, region in enumerate(self.regions):
             if not _REGION_RE.match(region):
                 raise InvalidSpecError(
@@ -175,41 +197,62 @@ class SiteConfig:
         return sum(self.gpus.values())
 
     def to_proto(self) -> types_pb2.Site:
-        """The registration message for this site. ``endpoint`` is left empty for the caller.
-
-        ``gpu_watts``, ``home_countries`` and ``renewable_share`` have no field in
-        ``orchestrator.v1.Site`` and are not carried.
-        """
+        """The registration message for this site. ``endpoint`` is left empty for the caller."""
+        policy = types_pb2.SitePolicy(
+            allowed_tenant_countries=list(self.allowed_tenant_countries),
+            allowed_tenants=list(self.allowed_tenants),
+            has_surplus_limit=self.surplus_gpus is not None,
+            surplus_gpus=self.surplus_gpus or 0,
+        )
         return types_pb2.Site(
             id=self.id,
             name=self.name,
             jurisdiction=self.jurisdiction,
             regions=list(self.regions),
-            gpus=[types_pb2.GpuPool(type=t, count=n) for t, n in self.gpus.items()],
+            gpus=[
+                types_pb2.GpuPool(type=t, count=n, watts=self.gpu_watts.get(t, 0))
+                for t, n in self.gpus.items()
+            ],
             power_cap_mw=self.power_cap_mw,
             owner=self.owner,
             cpus=self.cpus,
             memory_mb=self.memory_mb,
+            home_countries=list(self.home_countries),
+            renewable_share=self.renewable_share,
+            carbon_intensity=self.carbon_intensity,
+            policy=policy,
+            planned_power_mw=self.planned_power_mw,
         )
 
     @classmethod
     def from_proto(cls, site: types_pb2.Site) -> SiteConfig:
-        """A site from its registration message (the fields the wire does not carry default)."""
+        """A site from its registration message."""
         gpus: dict[str, int] = {}
+        watts: dict[str, int] = {}
         for pool in site.gpus:
             if pool.type in gpus:
                 raise InvalidSpecError("gpus", f"GPU type {pool.type!r} listed twice")
             gpus[pool.type] = pool.count
+            if pool.watts:
+                watts[pool.type] = pool.watts
         return cls(
             id=site.id,
             name=site.name,
             jurisdiction=site.jurisdiction,
             regions=tuple(site.regions),
             gpus=gpus,
+            gpu_watts=watts,
             power_cap_mw=site.power_cap_mw,
             owner=site.owner,
             cpus=site.cpus,
             memory_mb=site.memory_mb,
+            home_countries=tuple(site.home_countries),
+            renewable_share=site.renewable_share,
+            carbon_intensity=site.carbon_intensity,
+            planned_power_mw=site.planned_power_mw,
+            allowed_tenant_countries=tuple(site.policy.allowed_tenant_countries),
+            allowed_tenants=tuple(site.policy.allowed_tenants),
+            surplus_gpus=site.policy.surplus_gpus if site.policy.has_surplus_limit else None,
         )
 
 
@@ -220,7 +263,17 @@ def _check_country(field_name: str, code: str) -> None:
 # --- parsing -----------------------------------------------------------------------------------
 
 _REQUIRED_KEYS = ("id", "name", "jurisdiction", "owner", "power_cap_mw", "cpus", "memory_mb")
-_OPTIONAL_KEYS = ("regions", "gpus", "gpu_watts", "home_countries", "renewable_share")
+_OPTIONAL_KEYS = (
+    "regions",
+    "gpus",
+    "gpu_watts",
+    "home_countries",
+    "renewable_share",
+    "carbon_intensity",
+    "planned_power_mw",
+    "policy",
+)
+_POLICY_KEYS = frozenset({"allowed_tenant_countries", "allowed_tenants", "surplus_gpus"})
 _ALL_KEYS = frozenset(_REQUIRED_KEYS + _OPTIONAL_KEYS)
 
 
@@ -296,8 +349,24 @@ def _parse_site(entry: object, *, prefix: str, source: str) -> SiteConfig:
         kwargs["gpus"] = _int_map(entry["gpus"], bad, "gpus")
     if entry.get("gpu_watts") is not None:
         kwargs["gpu_watts"] = _int_map(entry["gpu_watts"], bad, "gpu_watts")
-    if entry.get("renewable_share") is not None:
-        kwargs["renewable_share"] = _number(entry["renewable_share"], bad, "renewable_share")
+    for key in ("renewable_share", "carbon_intensity", "planned_power_mw"):
+        if entry.get(key) is not None:
+            kwargs[key] = _number(entry[key], bad, key)
+    policy = entry.get("policy")
+    if policy is not None:
+        if not isinstance(policy, Mapping):
+            raise bad("policy", "must be a mapping")
+        unknown_policy = sorted(str(k) for k in policy if k not in _POLICY_KEYS)
+        if unknown_policy:
+            raise bad(
+                f"policy.{unknown_policy[0]}",
+                "unknown key; expected one of " + ", ".join(sorted(_POLICY_KEYS)),
+            )
+        for key in ("allowed_tenant_countries", "allowed_tenants"):
+            if policy.get(key) is not None:
+                kwargs[key] = _text_list(policy[key], bad, f"policy.{key}")
+        if policy.get("surplus_gpus") is not None:
+            kwargs["surplus_gpus"] = _integer(policy["surplus_gpus"], bad, "policy.surplus_gpus")
     try:
         return SiteConfig(**kwargs)
     except InvalidSpecError as exc:

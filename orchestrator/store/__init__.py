@@ -8,8 +8,11 @@ from orchestrator.store.store import (
     Decision,
     JobStore,
     PendingRef,
+    RunningRecord,
     SiteRecord,
     StatusReport,
+    TenantRecord,
+    Victim,
     pending_score,
 )
 
@@ -21,8 +24,11 @@ __all__ = [
     "Keys",
     "LocalRedis",
     "PendingRef",
+    "RunningRecord",
     "SiteRecord",
     "StatusReport",
+    "TenantRecord",
+    "Victim",
     "find_redis_server",
     "free_port",
     "pending_score",

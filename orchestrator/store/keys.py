@@ -20,6 +20,11 @@ in ARGV as the prefix; the templates below and in ``lua/*.lua`` must agree.
     {p}site:{id}:outbox      zset   SCHEDULED job ids waiting to be sent to the agent
     {p}site:{id}:inflight    zset   DISPATCHED job ids the agent has not acknowledged yet
     {p}site:{id}:cancels     set    "{job_id}:{attempt}" cancels to send to the agent
+    {p}site:{id}:releasing   hash   capacity held by jobs being preempted there (freed soon)
+    {p}surplus               set    placed, unfinished SURPLUS-class jobs (preemption candidates)
+    {p}tenants               set    tenant ids
+    {p}tenant:{id}           hash   tenant (Tenant protobuf bytes), country, weight, quotas
+    {p}tenant:{id}:used      hash   GPUs (overall and gpus:{country}), CPUs, memory held now
     {p}notify                pubsub channel: a site id whose outbox or cancels changed
     {p}wake                  pubsub channel: new pending work for the scheduler
 """
@@ -90,6 +95,23 @@ class Keys:
 
     def site_cancels(self, site_id: str) -> str:
         return f"{self.prefix}site:{site_id}:cancels"
+
+    def site_releasing(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}:releasing"
+
+    @property
+    def surplus_running(self) -> str:
+        return f"{self.prefix}surplus"
+
+    @property
+    def tenants(self) -> str:
+        return f"{self.prefix}tenants"
+
+    def tenant(self, tenant_id: str) -> str:
+        return f"{self.prefix}tenant:{tenant_id}"
+
+    def tenant_used(self, tenant_id: str) -> str:
+        return f"{self.prefix}tenant:{tenant_id}:used"
 
     @property
     def notify_channel(self) -> str:

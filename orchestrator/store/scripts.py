@@ -21,6 +21,9 @@ SCRIPT_NAMES = (
     "reconsider",
     "register_site",
     "set_site_state",
+    "preempt",
+    "put_tenant",
+    "note_waiting",
 )
 
 

@@ -25,8 +25,10 @@ from orchestrator.errors import (
     JobNotFoundError,
     SiteNotFoundError,
     StoreUnavailableError,
+    TenantNotFoundError,
 )
 from orchestrator.ids import new_job_id
+from orchestrator.jurisdictions import expand
 from orchestrator.states import JobState
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts import Scripts
@@ -37,8 +39,11 @@ __all__ = [
     "Decision",
     "JobStore",
     "PendingRef",
+    "RunningRecord",
     "SiteRecord",
     "StatusReport",
+    "TenantRecord",
+    "Victim",
     "pending_score",
 ]
 
@@ -67,6 +72,44 @@ class Decision:
     attempt: int
     site: str
     gpu_type: str = ""
+    watts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Victim:
+    """Preempt attempt ``attempt`` of ``job_id`` to make room for ``for_job_id``."""
+
+    job_id: str
+    attempt: int
+    for_job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunningRecord:
+    """A placed SURPLUS-class job that may be preempted."""
+
+    job_id: str
+    attempt: int
+    tenant: str
+    site: str
+    gpu_type: str
+    gpus: int
+    cpus: int
+    memory_mb: int
+    watts: int
+    nonhome: bool
+    preempted_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """A tenant with its usage."""
+
+    tenant: types_pb2.Tenant
+    used_gpus: int
+    used_gpus_by_jurisdiction: dict[str, int]
+    used_cpus: int
+    used_memory_mb: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +159,12 @@ class SiteRecord:
     active_jobs: int
     last_heartbeat: float | None
     connected_by: str
+    used_watts: int = 0
+    used_gpus_nonhome: int = 0
+    releasing_gpus: dict[str, int] | None = None
+    releasing_cpus: int = 0
+    releasing_memory_mb: int = 0
+    releasing_watts: int = 0
 
 
 def _s(value: bytes | str | None) -> str:
@@ -129,6 +178,12 @@ def _ts(seconds: str) -> Timestamp:
     if seconds:
         ts.FromNanoseconds(int(float(seconds) * 1e9))
     return ts
+
+
+def _csv(items: Iterable[str]) -> str:
+    """A set as ",A,B," (sorted), the form the Lua scripts test membership in; "" if empty."""
+    values = sorted(set(items))
+    return f",{','.join(values)}," if values else ""
 
 
 def _now() -> str:
@@ -249,6 +304,8 @@ class JobStore:
                     pending_score(spec.priority, submit_ms), traceparent,
                     res.gpus * nodes, res.cpus * nodes, res.memory_mb * nodes,
                     spec.client_request_id, IDEMPOTENCY_TTL_SECONDS, EVENTS_MAXLEN, submit_ms,
+                    _csv(expand(spec.placement.allowed_jurisdictions)),
+                    _csv(spec.placement.excluded_sites),
                 ],
             )  # fmt: skip
         return await self.get_job(_s(found_id)), bool(int(dedup))
@@ -285,6 +342,7 @@ class JobStore:
             reason=_s(g.get("reason")),
             unschedulable=_s(g.get("unsched")) == "1",
             cancel_requested=_s(g.get("cancel")) == "1",
+            preemptions=int(_s(g.get("preempts")) or 0),
         )
         job.spec.ParseFromString(g.get("spec", b""))
         if "exit_code" in g:
@@ -424,10 +482,17 @@ class JobStore:
     async def register_site(self, site: types_pb2.Site) -> types_pb2.SiteStatus:
         """Register (or update) a normalised site registration."""
         caps: list[Any] = [
-            "cap:cpus", site.cpus, "cap:mem", site.memory_mb,
+            "cap:cpus", site.cpus, "cap:mem", site.memory_mb, "jur", site.jurisdiction,
+            "home", _csv(site.home_countries),
+            "pol:c", _csv(site.policy.allowed_tenant_countries),
+            "pol:t", _csv(site.policy.allowed_tenants),
         ]  # fmt: skip
         for pool in site.gpus:
             caps += [f"cap:gpu:{pool.type}", pool.count]
+        if site.power_cap_mw > 0:
+            caps += ["cap:watts", int(site.power_cap_mw * 1_000_000)]
+        if site.policy.has_surplus_limit:
+            caps += ["pol:surplus", site.policy.surplus_gpus]
         with _unavailable_as_error():
             await self._scripts.run(
                 "register_site", [self.prefix, site.id, site.SerializeToString(), _now(), *caps]
@@ -457,14 +522,16 @@ class JobStore:
                     pipe.hgetall(self.keys.site(sid))
                     pipe.hgetall(self.keys.site_used(sid))
                     pipe.scard(self.keys.site_active(sid))
+                    pipe.hgetall(self.keys.site_releasing(sid))
                 rows = await pipe.execute()
         out = []
         for i in range(len(site_ids)):
-            info, used, active = rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]
+            info, used, active, releasing = rows[4 * i : 4 * i + 4]
             if not info:
                 continue
             g = {k.decode(): v for k, v in info.items()}
             u = {k.decode(): int(v) for k, v in used.items()}
+            rel = {k.decode(): int(v) for k, v in releasing.items()}
             site = types_pb2.Site()
             site.ParseFromString(g.get("reg", b""))
             hb = _s(g.get("hb"))
@@ -485,6 +552,12 @@ class JobStore:
                     active_jobs=int(active),
                     last_heartbeat=float(hb) if hb else None,
                     connected_by=_s(g.get("conn")),
+                    used_watts=u.get("watts", 0),
+                    used_gpus_nonhome=u.get("gpu_nonhome", 0),
+                    releasing_gpus={k[4:]: v for k, v in rel.items() if k.startswith("gpu:") and v},
+                    releasing_cpus=rel.get("cpus", 0),
+                    releasing_memory_mb=rel.get("mem", 0),
+                    releasing_watts=rel.get("watts", 0),
                 )
             )
         return out
@@ -497,6 +570,8 @@ class JobStore:
             state=rec.state,  # type: ignore[arg-type]
             connected=bool(rec.connected_by),
             active_jobs=rec.active_jobs,
+            power_used_mw=rec.used_watts / 1_000_000,
+            gpus_used_surplus=rec.used_gpus_nonhome,
         )
         for gpu_type, n in sorted(rec.used_gpus.items()):
             status.gpus_used.add(type=gpu_type, count=n)
@@ -564,7 +639,7 @@ class JobStore:
             return []
         args: list[Any] = [self.prefix, _now(), EVENTS_MAXLEN]
         for d in decisions:
-            args += [d.job_id, d.attempt, d.site, d.gpu_type]
+            args += [d.job_id, d.attempt, d.site, d.gpu_type, d.watts]
         with _unavailable_as_error():
             return [_s(c) for c in await self._scripts.run("commit", args)]
 
@@ -577,6 +652,136 @@ class JobStore:
             args += [job_id, attempt, reason]
         with _unavailable_as_error():
             return int(await self._scripts.run("mark_unschedulable", args))
+
+    async def preempt(self, victims: Sequence[Victim]) -> list[str]:
+        """Preempt SURPLUS-class jobs (see preempt.lua); one result code per victim."""
+        if not victims:
+            return []
+        args: list[Any] = [self.prefix, _now(), EVENTS_MAXLEN]
+        for v in victims:
+            args += [v.job_id, v.attempt, v.for_job_id]
+        with _unavailable_as_error():
+            return [_s(c) for c in await self._scripts.run("preempt", args)]
+
+    async def surplus_running(self) -> list[RunningRecord]:
+        """Placed, unfinished SURPLUS-class jobs not already being preempted."""
+        fields = ("state", "attempt", "tenant", "site", "gpu_type", "r_gpus", "r_cpus",
+                  "r_mem", "r_watts", "nonhome", "preempted_at")  # fmt: skip
+        with _unavailable_as_error():
+            ids = sorted(_s(i) for i in await self.client.smembers(self.keys.surplus_running))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(self.keys.job(job_id), *fields)
+                rows = await pipe.execute()
+        out = []
+        for job_id, row in zip(ids, rows, strict=True):
+            v = [_s(x) for x in row]
+            if v[0] not in ("2", "3", "4"):
+                continue
+            out.append(
+                RunningRecord(
+                    job_id=job_id,
+                    attempt=int(v[1]),
+                    tenant=v[2],
+                    site=v[3],
+                    gpu_type=v[4],
+                    gpus=int(v[5] or 0),
+                    cpus=int(v[6] or 0),
+                    memory_mb=int(v[7] or 0),
+                    watts=int(v[8] or 0),
+                    nonhome=v[9] == "1",
+                    preempted_at=float(v[10]) if v[10] else None,
+                )
+            )
+        return out
+
+    async def note_waiting(self, items: Sequence[tuple[str, int, str]]) -> int:
+        """Record why pending jobs wait, where it changed (see note_waiting.lua)."""
+        if not items:
+            return 0
+        args: list[Any] = [self.prefix]
+        for job_id, attempt, reason in items:
+            args += [job_id, attempt, reason]
+        with _unavailable_as_error():
+            return int(await self._scripts.run("note_waiting", args))
+
+    async def queue_position(self, job: types_pb2.Job) -> tuple[int, int]:
+        """1-based position of a pending job in its queue (0 if not there), and the queue length."""
+        key = self.keys.pending(job.spec.queue or "default")
+        with _unavailable_as_error():
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrank(key, job.id)
+                pipe.zcard(key)
+                rank, length = await pipe.execute()
+        return (0 if rank is None else int(rank) + 1), int(length)
+
+    # ---------------------------------------------------------------- tenants
+
+    async def put_tenant(self, tenant: types_pb2.Tenant) -> types_pb2.TenantStatus:
+        """Create or replace a normalised tenant."""
+        quotas: list[Any] = []
+        if tenant.has_quota_gpus:
+            quotas += ["q:gpus", tenant.quota_gpus]
+        for code, gpus in sorted(tenant.quota_gpus_by_jurisdiction.items()):
+            quotas += [f"q:gpus:{code}", gpus]
+        with _unavailable_as_error():
+            await self._scripts.run(
+                "put_tenant",
+                [self.prefix, tenant.id, tenant.SerializeToString(), tenant.country,
+                 tenant.weight or 1.0, *quotas],
+            )  # fmt: skip
+        return await self.get_tenant(tenant.id)
+
+    async def tenant_records(self, tenant_ids: Sequence[str] | None = None) -> list[TenantRecord]:
+        """Tenants (all, or the ones named) with their usage, ordered by id."""
+        with _unavailable_as_error():
+            if tenant_ids is None:
+                tenant_ids = sorted(_s(t) for t in await self.client.smembers(self.keys.tenants))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for tid in tenant_ids:
+                    pipe.hget(self.keys.tenant(tid), "spec")
+                    pipe.hgetall(self.keys.tenant_used(tid))
+                rows = await pipe.execute()
+        out = []
+        for i in range(len(tenant_ids)):
+            raw, used = rows[2 * i], rows[2 * i + 1]
+            if raw is None:
+                continue
+            tenant = types_pb2.Tenant()
+            tenant.ParseFromString(raw)
+            u = {k.decode(): int(v) for k, v in used.items()}
+            out.append(
+                TenantRecord(
+                    tenant=tenant,
+                    used_gpus=u.get("gpus", 0),
+                    used_gpus_by_jurisdiction={
+                        k[5:]: v for k, v in u.items() if k.startswith("gpus:") and v
+                    },
+                    used_cpus=u.get("cpus", 0),
+                    used_memory_mb=u.get("mem", 0),
+                )
+            )
+        return out
+
+    @staticmethod
+    def tenant_status(rec: TenantRecord) -> types_pb2.TenantStatus:
+        """The public view of a tenant record."""
+        return types_pb2.TenantStatus(
+            tenant=rec.tenant,
+            gpus_used=rec.used_gpus,
+            gpus_used_by_jurisdiction=rec.used_gpus_by_jurisdiction,
+        )
+
+    async def get_tenant(self, tenant_id: str) -> types_pb2.TenantStatus:
+        """One tenant with its usage. Raises ``TenantNotFoundError``."""
+        recs = await self.tenant_records([tenant_id])
+        if not recs:
+            raise TenantNotFoundError(tenant_id)
+        return self.tenant_status(recs[0])
+
+    async def list_tenants(self) -> list[types_pb2.TenantStatus]:
+        """All tenants with their usage, ordered by id."""
+        return [self.tenant_status(r) for r in await self.tenant_records()]
 
     # ---------------------------------------------------------------- dispatcher
 

@@ -6,7 +6,17 @@
 -- 2 CORDONED, 3 DRAINING, 4 LOST.
 
 local JOB_FIELDS = {'state', 'attempt', 'site', 'gpu_type', 'r_gpus', 'r_cpus', 'r_mem',
-                    'max_attempts', 'cancel', 'queue', 'score', 'unsched', 'reason'}
+                    'max_attempts', 'cancel', 'queue', 'score', 'unsched', 'reason', 'tenant',
+                    'prio', 'allowed', 'excl', 'r_watts', 'nonhome', 'jur', 'preempting',
+                    'fails'}
+
+-- Note: decrements are written 0 - x, never -x: Lua's -0 reaches Redis as "-0", which
+-- HINCRBY rejects.
+
+-- Whether a ",A,B," list holds item (an empty list holds nothing).
+local function holds(list, item)
+  return list ~= '' and string.find(list, ',' .. item .. ',', 1, true) ~= nil
+end
 
 -- The job's status fields as a table, or nil when there is no such job.
 local function load_job(p, id)
@@ -32,17 +42,36 @@ local function emit(p, id, state, attempt, site, msg, now, exit_code, maxlen)
   redis.call('XADD', p .. 'events', 'MAXLEN', '~', maxlen, '*', unpack(f))
 end
 
--- Give back the capacity a placed job holds at its site and drop it from the site's sets.
+-- Give back the capacity a placed job holds at its site (and in its tenant's usage) and drop
+-- it from the site's sets.
 local function release(p, id, j)
   local site = j.site
   if site == '' then return end
   local used = p .. 'site:' .. site .. ':used'
   local gpus = tonumber(j.r_gpus) or 0
+  local cpus, mem = tonumber(j.r_cpus) or 0, tonumber(j.r_mem) or 0
+  local watts = tonumber(j.r_watts) or 0
   if gpus > 0 and j.gpu_type ~= '' then
-    redis.call('HINCRBY', used, 'gpu:' .. j.gpu_type, -gpus)
+    redis.call('HINCRBY', used, 'gpu:' .. j.gpu_type, 0 - gpus)
   end
-  redis.call('HINCRBY', used, 'cpus', -(tonumber(j.r_cpus) or 0))
-  redis.call('HINCRBY', used, 'mem', -(tonumber(j.r_mem) or 0))
+  redis.call('HINCRBY', used, 'cpus', 0 - cpus)
+  redis.call('HINCRBY', used, 'mem', 0 - mem)
+  redis.call('HINCRBY', used, 'watts', 0 - watts)
+  if j.nonhome == '1' then redis.call('HINCRBY', used, 'gpu_nonhome', 0 - gpus) end
+  local tused = p .. 'tenant:' .. j.tenant .. ':used'
+  redis.call('HINCRBY', tused, 'gpus', 0 - gpus)
+  if j.jur ~= '' then redis.call('HINCRBY', tused, 'gpus:' .. j.jur, 0 - gpus) end
+  redis.call('HINCRBY', tused, 'cpus', 0 - cpus)
+  redis.call('HINCRBY', tused, 'mem', 0 - mem)
+  if j.preempting == '1' then
+    local rel = p .. 'site:' .. site .. ':releasing'
+    if gpus > 0 and j.gpu_type ~= '' then redis.call('HINCRBY', rel, 'gpu:' .. j.gpu_type, 0 - gpus) end
+    redis.call('HINCRBY', rel, 'cpus', 0 - cpus)
+    redis.call('HINCRBY', rel, 'mem', 0 - mem)
+    redis.call('HINCRBY', rel, 'watts', 0 - watts)
+  end
+  redis.call('HSET', p .. 'job:' .. id, 'preempting', '0', 'nonhome', '0', 'r_watts', '0', 'jur', '')
+  redis.call('SREM', p .. 'surplus', id)
   redis.call('SREM', p .. 'site:' .. site .. ':active', id)
   redis.call('ZREM', p .. 'site:' .. site .. ':outbox', id)
   redis.call('ZREM', p .. 'site:' .. site .. ':inflight', id)

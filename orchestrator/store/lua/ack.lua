@@ -16,9 +16,12 @@ for i = 5, #ARGV, 4 do
     if accepted == '1' then
       redis.call('ZREM', p .. 'site:' .. site .. ':inflight', id)
       code = 'ok'
-    elseif j.state == '3' then
+    elseif j.state == '3' or j.state == '8' then
       local msg = 'refused by ' .. site .. ': ' .. reason
-      if j.cancel == '1' or string.sub(reason, 1, 9) == 'cancelled' then
+      if j.state == '8' and j.cancel ~= '1' then
+        requeue(p, id, j, 'preempted before it started; requeued', now, maxlen)
+        code = 'requeued'
+      elseif j.cancel == '1' or string.sub(reason, 1, 9) == 'cancelled' then
         finish(p, id, j, '7', '', msg, now, maxlen)
         code = 'failed'
       elseif string.sub(reason, 1, 9) == 'residency' then

@@ -2,6 +2,7 @@
 -- queued for the site's dispatcher; the job becomes CANCELLED when the agent reports it ended.
 -- KEYS: none (built from the prefix).
 -- ARGV: 1 prefix, 2 job id, 3 now (s), 4 events maxlen, 5 reason
+-- A PREEMPTED job (its agent is stopping it) is cancelled the same way as a running one.
 -- Returns: {code, state}: 'missing'; 'terminal' (already finished; state is which);
 --          'cancelled' (done now); 'requested' (waiting for the agent)
 local p, id, now, maxlen, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]

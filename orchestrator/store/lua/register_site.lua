@@ -2,12 +2,17 @@
 -- its state. Capacity fields are replaced whole.
 -- KEYS: none (built from the prefix).
 -- ARGV: 1 prefix, 2 site id, 3 registration (Site protobuf bytes), 4 now (s),
---       then pairs of capacity field, value (cap:cpus, cap:mem, cap:gpu:{type})
+--       then pairs of field, value: capacity (cap:cpus, cap:mem, cap:gpu:{type}, cap:watts),
+--       jurisdiction (jur), home countries (home, as ',NO,'), policy (pol:c countries,
+--       pol:t tenants, pol:surplus GPUs)
 -- Returns: the site's state
 local p, site = ARGV[1], ARGV[2]
 local skey = p .. 'site:' .. site
 for _, f in ipairs(redis.call('HKEYS', skey)) do
-  if string.sub(f, 1, 4) == 'cap:' then redis.call('HDEL', skey, f) end
+  local head = string.sub(f, 1, 4)
+  if head == 'cap:' or head == 'pol:' or f == 'jur' or f == 'home' then
+    redis.call('HDEL', skey, f)
+  end
 end
 redis.call('HSET', skey, 'reg', ARGV[3], 'registered', ARGV[4])
 for i = 5, #ARGV, 2 do redis.call('HSET', skey, ARGV[i], ARGV[i + 1]) end

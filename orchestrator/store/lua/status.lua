@@ -1,6 +1,7 @@
 -- Apply a batch of status updates reported by a site's agent. An update for another site or
 -- another attempt than the job's current one is stale and changes nothing. A requested cancel
--- wins over any late terminal report. A FAILED attempt with attempts left is requeued.
+-- wins over any late terminal report. A FAILED attempt is requeued while the job's own failures
+-- stay under its max attempts. A PREEMPTED attempt that ended is requeued (not a failure).
 -- KEYS: none (built from the prefix).
 -- ARGV: 1 prefix, 2 site id, 3 now (s), 4 events maxlen, then 5 per update:
 --       job id, attempt, new state (4 RUNNING, 5 SUCCEEDED, 6 FAILED, 7 CANCELLED),
@@ -21,14 +22,19 @@ for i = 5, #ARGV, 5 do
         redis.call('ZREM', p .. 'site:' .. site .. ':inflight', id)
         emit(p, id, '4', attempt, site, msg ~= '' and msg or 'running', now, '', maxlen)
         code = 'ok'
-      elseif cur == '4' then
+      elseif cur == '4' or cur == '8' then
         code = 'dup'
       end
-    elseif (new == '5' or new == '6' or new == '7') and (cur == '3' or cur == '4') then
+    elseif (new == '5' or new == '6' or new == '7') and (cur == '3' or cur == '4' or cur == '8') then
+      local fails = (tonumber(j.fails) or 0) + (new == '6' and 1 or 0)
       if j.cancel == '1' then
         finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now, maxlen)
         code = 'ok'
-      elseif new == '6' and (tonumber(attempt) or 0) < (tonumber(j.max_attempts) or 1) then
+      elseif cur == '8' then
+        requeue(p, id, j, 'preempted; requeued (' .. msg .. ')', now, maxlen)
+        code = 'retry'
+      elseif new == '6' and fails < (tonumber(j.max_attempts) or 1) then
+        redis.call('HSET', p .. 'job:' .. id, 'fails', fails)
         if exit_code ~= '' then redis.call('HSET', p .. 'job:' .. id, 'exit_code', exit_code) end
         requeue(p, id, j, 'attempt ' .. attempt .. ' failed (' .. msg .. '); retrying', now, maxlen)
         code = 'retry'

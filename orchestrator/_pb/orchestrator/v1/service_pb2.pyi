@@ -44,6 +44,66 @@ LOG_STREAM_STDERR: LogStream.ValueType  # 2
 """Standard error."""
 Global___LogStream: _TypeAlias = LogStream  # noqa: Y015
 
+class _PlacementReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlacementReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlacementReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLACEMENT_REASON_UNSPECIFIED: _PlacementReason.ValueType  # 0
+    """Not set."""
+    PLACEMENT_REASON_STATE: _PlacementReason.ValueType  # 1
+    """The site is not active, or not connected."""
+    PLACEMENT_REASON_EXCLUDED: _PlacementReason.ValueType  # 2
+    """The job excludes the site."""
+    PLACEMENT_REASON_RESIDENCY: _PlacementReason.ValueType  # 3
+    """The site's jurisdiction is not allowed by the job."""
+    PLACEMENT_REASON_POLICY: _PlacementReason.ValueType  # 4
+    """The site's owner does not accept the tenant."""
+    PLACEMENT_REASON_GPU_TYPE: _PlacementReason.ValueType  # 5
+    """The site has no GPUs of the type needed."""
+    PLACEMENT_REASON_TOO_LARGE: _PlacementReason.ValueType  # 6
+    """The site is too small for the job even when empty."""
+    PLACEMENT_REASON_QUOTA: _PlacementReason.ValueType  # 7
+    """The tenant's GPU quota would be exceeded."""
+    PLACEMENT_REASON_SURPLUS: _PlacementReason.ValueType  # 8
+    """The site's surplus offer to non-home tenants is used up."""
+    PLACEMENT_REASON_POWER: _PlacementReason.ValueType  # 9
+    """The job would take the site over its power cap."""
+    PLACEMENT_REASON_CAPACITY: _PlacementReason.ValueType  # 10
+    """Not enough free GPUs, CPUs or memory now."""
+    PLACEMENT_REASON_FEASIBLE: _PlacementReason.ValueType  # 11
+    """The site can take the job now."""
+
+class PlacementReason(_PlacementReason, metaclass=_PlacementReasonEnumTypeWrapper):
+    """Why a site does or does not take a job."""
+
+PLACEMENT_REASON_UNSPECIFIED: PlacementReason.ValueType  # 0
+"""Not set."""
+PLACEMENT_REASON_STATE: PlacementReason.ValueType  # 1
+"""The site is not active, or not connected."""
+PLACEMENT_REASON_EXCLUDED: PlacementReason.ValueType  # 2
+"""The job excludes the site."""
+PLACEMENT_REASON_RESIDENCY: PlacementReason.ValueType  # 3
+"""The site's jurisdiction is not allowed by the job."""
+PLACEMENT_REASON_POLICY: PlacementReason.ValueType  # 4
+"""The site's owner does not accept the tenant."""
+PLACEMENT_REASON_GPU_TYPE: PlacementReason.ValueType  # 5
+"""The site has no GPUs of the type needed."""
+PLACEMENT_REASON_TOO_LARGE: PlacementReason.ValueType  # 6
+"""The site is too small for the job even when empty."""
+PLACEMENT_REASON_QUOTA: PlacementReason.ValueType  # 7
+"""The tenant's GPU quota would be exceeded."""
+PLACEMENT_REASON_SURPLUS: PlacementReason.ValueType  # 8
+"""The site's surplus offer to non-home tenants is used up."""
+PLACEMENT_REASON_POWER: PlacementReason.ValueType  # 9
+"""The job would take the site over its power cap."""
+PLACEMENT_REASON_CAPACITY: PlacementReason.ValueType  # 10
+"""Not enough free GPUs, CPUs or memory now."""
+PLACEMENT_REASON_FEASIBLE: PlacementReason.ValueType  # 11
+"""The site can take the job now."""
+Global___PlacementReason: _TypeAlias = PlacementReason  # noqa: Y015
+
 @_typing.final
 class SubmitJobRequest(_message.Message):
     """Request of JobService.SubmitJob."""
@@ -546,3 +606,292 @@ class SetSiteStateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetSiteStateResponse: _TypeAlias = SetSiteStateResponse  # noqa: Y015
+
+@_typing.final
+class ExplainJobRequest(_message.Message):
+    """Request of JobService.ExplainJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Job id."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainJobRequest: _TypeAlias = ExplainJobRequest  # noqa: Y015
+
+@_typing.final
+class SiteVerdict(_message.Message):
+    """One site's verdict on a job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    site_id: _builtins.str
+    """Site id."""
+    reason: Global___PlacementReason.ValueType
+    """The first constraint that rejects the job, or FEASIBLE."""
+    detail: _builtins.str
+    """Human-readable detail with numbers."""
+    score: _builtins.float
+    """Score among feasible sites (higher wins); meaningful when reason is FEASIBLE."""
+    def __init__(
+        self,
+        *,
+        site_id: _builtins.str = ...,
+        reason: Global___PlacementReason.ValueType = ...,
+        detail: _builtins.str = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reason", b"reason", "score", b"score", "site_id", b"site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiteVerdict: _TypeAlias = SiteVerdict  # noqa: Y015
+
+@_typing.final
+class ExplainJobResponse(_message.Message):
+    """Response of JobService.ExplainJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    VERDICTS_FIELD_NUMBER: _builtins.int
+    UNSCHEDULABLE_REASON_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    QUEUE_LENGTH_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    unschedulable_reason: _builtins.str
+    """Why no registered site could ever run the job; empty if one could."""
+    queue_position: _builtins.int
+    """1-based position in its queue among pending jobs (0 when not pending)."""
+    queue_length: _builtins.int
+    """Pending jobs in its queue."""
+    summary: _builtins.str
+    """One-line summary for people."""
+    @_builtins.property
+    def job(self) -> _types_pb2.Job:
+        """The job."""
+
+    @_builtins.property
+    def verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SiteVerdict]:
+        """One verdict per site, best first."""
+
+    def __init__(
+        self,
+        *,
+        job: _types_pb2.Job | None = ...,
+        verdicts: _abc.Iterable[Global___SiteVerdict] | None = ...,
+        unschedulable_reason: _builtins.str = ...,
+        queue_position: _builtins.int = ...,
+        queue_length: _builtins.int = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "queue_length", b"queue_length", "queue_position", b"queue_position", "summary", b"summary", "unschedulable_reason", b"unschedulable_reason", "verdicts", b"verdicts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainJobResponse: _TypeAlias = ExplainJobResponse  # noqa: Y015
+
+@_typing.final
+class SetSitePolicyRequest(_message.Message):
+    """Request of SiteService.SetSitePolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    site_id: _builtins.str
+    """Site id."""
+    @_builtins.property
+    def policy(self) -> _types_pb2.SitePolicy:
+        """The new policy (replaces the old one whole)."""
+
+    def __init__(
+        self,
+        *,
+        site_id: _builtins.str = ...,
+        policy: _types_pb2.SitePolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "site_id", b"site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSitePolicyRequest: _TypeAlias = SetSitePolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetSitePolicyResponse(_message.Message):
+    """Response of SiteService.SetSitePolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def site(self) -> _types_pb2.SiteStatus:
+        """The site with its status."""
+
+    def __init__(
+        self,
+        *,
+        site: _types_pb2.SiteStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["site", b"site"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["site", b"site"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSitePolicyResponse: _TypeAlias = SetSitePolicyResponse  # noqa: Y015
+
+@_typing.final
+class PutTenantRequest(_message.Message):
+    """Request of TenantService.PutTenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenant(self) -> _types_pb2.Tenant:
+        """The tenant."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _types_pb2.Tenant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutTenantRequest: _TypeAlias = PutTenantRequest  # noqa: Y015
+
+@_typing.final
+class PutTenantResponse(_message.Message):
+    """Response of TenantService.PutTenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenant(self) -> _types_pb2.TenantStatus:
+        """The tenant with its usage."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _types_pb2.TenantStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutTenantResponse: _TypeAlias = PutTenantResponse  # noqa: Y015
+
+@_typing.final
+class GetTenantRequest(_message.Message):
+    """Request of TenantService.GetTenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Tenant id."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantRequest: _TypeAlias = GetTenantRequest  # noqa: Y015
+
+@_typing.final
+class GetTenantResponse(_message.Message):
+    """Response of TenantService.GetTenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenant(self) -> _types_pb2.TenantStatus:
+        """The tenant with its usage."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _types_pb2.TenantStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantResponse: _TypeAlias = GetTenantResponse  # noqa: Y015
+
+@_typing.final
+class ListTenantsRequest(_message.Message):
+    """Request of TenantService.ListTenants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantsRequest: _TypeAlias = ListTenantsRequest  # noqa: Y015
+
+@_typing.final
+class ListTenantsResponse(_message.Message):
+    """Response of TenantService.ListTenants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.TenantStatus]:
+        """All tenants, ordered by id."""
+
+    def __init__(
+        self,
+        *,
+        tenants: _abc.Iterable[_types_pb2.TenantStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantsResponse: _TypeAlias = ListTenantsResponse  # noqa: Y015

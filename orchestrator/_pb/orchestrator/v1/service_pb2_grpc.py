@@ -66,6 +66,11 @@ class JobServiceStub:
                 request_serializer=orchestrator_dot_v1_dot_service__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=orchestrator_dot_v1_dot_service__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.ExplainJob = channel.unary_unary(
+                '/orchestrator.v1.JobService/ExplainJob',
+                request_serializer=orchestrator_dot_v1_dot_service__pb2.ExplainJobRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1_dot_service__pb2.ExplainJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -115,6 +120,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainJob(self, request, context):
+        """Explains why a job is pending or where it runs: per site, the first constraint that rejects
+        it or its score, and its place in its queue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +160,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=orchestrator_dot_v1_dot_service__pb2.StreamLogsRequest.FromString,
                     response_serializer=orchestrator_dot_v1_dot_service__pb2.LogChunk.SerializeToString,
+            ),
+            'ExplainJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainJob,
+                    request_deserializer=orchestrator_dot_v1_dot_service__pb2.ExplainJobRequest.FromString,
+                    response_serializer=orchestrator_dot_v1_dot_service__pb2.ExplainJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -322,6 +340,33 @@ class JobService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ExplainJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.JobService/ExplainJob',
+            orchestrator_dot_v1_dot_service__pb2.ExplainJobRequest.SerializeToString,
+            orchestrator_dot_v1_dot_service__pb2.ExplainJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class SiteServiceStub:
     """Register, list and administer sites.
@@ -352,6 +397,11 @@ class SiteServiceStub:
                 '/orchestrator.v1.SiteService/SetSiteState',
                 request_serializer=orchestrator_dot_v1_dot_service__pb2.SetSiteStateRequest.SerializeToString,
                 response_deserializer=orchestrator_dot_v1_dot_service__pb2.SetSiteStateResponse.FromString,
+                _registered_method=True)
+        self.SetSitePolicy = channel.unary_unary(
+                '/orchestrator.v1.SiteService/SetSitePolicy',
+                request_serializer=orchestrator_dot_v1_dot_service__pb2.SetSitePolicyRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1_dot_service__pb2.SetSitePolicyResponse.FromString,
                 _registered_method=True)
 
 
@@ -387,6 +437,13 @@ class SiteServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSitePolicy(self, request, context):
+        """Sets the owner's policy for a site (who may run there, surplus offered to non-home tenants).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SiteServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -409,6 +466,11 @@ def add_SiteServiceServicer_to_server(servicer, server):
                     servicer.SetSiteState,
                     request_deserializer=orchestrator_dot_v1_dot_service__pb2.SetSiteStateRequest.FromString,
                     response_serializer=orchestrator_dot_v1_dot_service__pb2.SetSiteStateResponse.SerializeToString,
+            ),
+            'SetSitePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSitePolicy,
+                    request_deserializer=orchestrator_dot_v1_dot_service__pb2.SetSitePolicyRequest.FromString,
+                    response_serializer=orchestrator_dot_v1_dot_service__pb2.SetSitePolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +582,197 @@ class SiteService:
             '/orchestrator.v1.SiteService/SetSiteState',
             orchestrator_dot_v1_dot_service__pb2.SetSiteStateRequest.SerializeToString,
             orchestrator_dot_v1_dot_service__pb2.SetSiteStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSitePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.SiteService/SetSitePolicy',
+            orchestrator_dot_v1_dot_service__pb2.SetSitePolicyRequest.SerializeToString,
+            orchestrator_dot_v1_dot_service__pb2.SetSitePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class TenantServiceStub:
+    """Register and list tenants (home country, fair-share weight, quotas).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PutTenant = channel.unary_unary(
+                '/orchestrator.v1.TenantService/PutTenant',
+                request_serializer=orchestrator_dot_v1_dot_service__pb2.PutTenantRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1_dot_service__pb2.PutTenantResponse.FromString,
+                _registered_method=True)
+        self.GetTenant = channel.unary_unary(
+                '/orchestrator.v1.TenantService/GetTenant',
+                request_serializer=orchestrator_dot_v1_dot_service__pb2.GetTenantRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1_dot_service__pb2.GetTenantResponse.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/orchestrator.v1.TenantService/ListTenants',
+                request_serializer=orchestrator_dot_v1_dot_service__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1_dot_service__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+
+
+class TenantServiceServicer:
+    """Register and list tenants (home country, fair-share weight, quotas).
+    """
+
+    def PutTenant(self, request, context):
+        """Creates or replaces a tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenant(self, request, context):
+        """Returns one tenant with its usage. NOT_FOUND when there is no such tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Lists all tenants with their usage, ordered by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TenantServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PutTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutTenant,
+                    request_deserializer=orchestrator_dot_v1_dot_service__pb2.PutTenantRequest.FromString,
+                    response_serializer=orchestrator_dot_v1_dot_service__pb2.PutTenantResponse.SerializeToString,
+            ),
+            'GetTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenant,
+                    request_deserializer=orchestrator_dot_v1_dot_service__pb2.GetTenantRequest.FromString,
+                    response_serializer=orchestrator_dot_v1_dot_service__pb2.GetTenantResponse.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=orchestrator_dot_v1_dot_service__pb2.ListTenantsRequest.FromString,
+                    response_serializer=orchestrator_dot_v1_dot_service__pb2.ListTenantsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'orchestrator.v1.TenantService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('orchestrator.v1.TenantService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TenantService:
+    """Register and list tenants (home country, fair-share weight, quotas).
+    """
+
+    @staticmethod
+    def PutTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.TenantService/PutTenant',
+            orchestrator_dot_v1_dot_service__pb2.PutTenantRequest.SerializeToString,
+            orchestrator_dot_v1_dot_service__pb2.PutTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.TenantService/GetTenant',
+            orchestrator_dot_v1_dot_service__pb2.GetTenantRequest.SerializeToString,
+            orchestrator_dot_v1_dot_service__pb2.GetTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.TenantService/ListTenants',
+            orchestrator_dot_v1_dot_service__pb2.ListTenantsRequest.SerializeToString,
+            orchestrator_dot_v1_dot_service__pb2.ListTenantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

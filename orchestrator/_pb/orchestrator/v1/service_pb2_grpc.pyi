@@ -48,6 +48,10 @@ class JobServiceStub:
     """Streams a job's events from a cursor, then follows new ones until the job ends."""
     StreamLogs: _grpc.UnaryStreamMultiCallable[_service_pb2.StreamLogsRequest, _service_pb2.LogChunk]
     """Streams a job's output, optionally following it until the job ends."""
+    ExplainJob: _grpc.UnaryUnaryMultiCallable[_service_pb2.ExplainJobRequest, _service_pb2.ExplainJobResponse]
+    """Explains why a job is pending or where it runs: per site, the first constraint that rejects
+    it or its score, and its place in its queue.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -68,6 +72,10 @@ class JobServiceAsyncStub(JobServiceStub):
     """Streams a job's events from a cursor, then follows new ones until the job ends."""
     StreamLogs: _aio.UnaryStreamMultiCallable[_service_pb2.StreamLogsRequest, _service_pb2.LogChunk]  # type: ignore[assignment]
     """Streams a job's output, optionally following it until the job ends."""
+    ExplainJob: _aio.UnaryUnaryMultiCallable[_service_pb2.ExplainJobRequest, _service_pb2.ExplainJobResponse]  # type: ignore[assignment]
+    """Explains why a job is pending or where it runs: per site, the first constraint that rejects
+    it or its score, and its place in its queue.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """Submit, inspect, follow and cancel jobs."""
@@ -122,6 +130,16 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_service_pb2.LogChunk], _abc.AsyncIterator[_service_pb2.LogChunk]]:
         """Streams a job's output, optionally following it until the job ends."""
 
+    @_abc_1.abstractmethod
+    def ExplainJob(
+        self,
+        request: _service_pb2.ExplainJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ExplainJobResponse, _abc.Awaitable[_service_pb2.ExplainJobResponse]]:
+        """Explains why a job is pending or where it runs: per site, the first constraint that rejects
+        it or its score, and its place in its queue.
+        """
+
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class SiteServiceStub:
@@ -139,6 +157,8 @@ class SiteServiceStub:
     """Returns one site. NOT_FOUND when there is no such site."""
     SetSiteState: _grpc.UnaryUnaryMultiCallable[_service_pb2.SetSiteStateRequest, _service_pb2.SetSiteStateResponse]
     """Sets a site's administrative state (cordon, drain, activate)."""
+    SetSitePolicy: _grpc.UnaryUnaryMultiCallable[_service_pb2.SetSitePolicyRequest, _service_pb2.SetSitePolicyResponse]
+    """Sets the owner's policy for a site (who may run there, surplus offered to non-home tenants)."""
 
 @_typing.type_check_only
 class SiteServiceAsyncStub(SiteServiceStub):
@@ -153,6 +173,8 @@ class SiteServiceAsyncStub(SiteServiceStub):
     """Returns one site. NOT_FOUND when there is no such site."""
     SetSiteState: _aio.UnaryUnaryMultiCallable[_service_pb2.SetSiteStateRequest, _service_pb2.SetSiteStateResponse]  # type: ignore[assignment]
     """Sets a site's administrative state (cordon, drain, activate)."""
+    SetSitePolicy: _aio.UnaryUnaryMultiCallable[_service_pb2.SetSitePolicyRequest, _service_pb2.SetSitePolicyResponse]  # type: ignore[assignment]
+    """Sets the owner's policy for a site (who may run there, surplus offered to non-home tenants)."""
 
 class SiteServiceServicer(metaclass=_abc_1.ABCMeta):
     """Register, list and administer sites."""
@@ -189,4 +211,67 @@ class SiteServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_service_pb2.SetSiteStateResponse, _abc.Awaitable[_service_pb2.SetSiteStateResponse]]:
         """Sets a site's administrative state (cordon, drain, activate)."""
 
+    @_abc_1.abstractmethod
+    def SetSitePolicy(
+        self,
+        request: _service_pb2.SetSitePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.SetSitePolicyResponse, _abc.Awaitable[_service_pb2.SetSitePolicyResponse]]:
+        """Sets the owner's policy for a site (who may run there, surplus offered to non-home tenants)."""
+
 def add_SiteServiceServicer_to_server(servicer: SiteServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class TenantServiceStub:
+    """Register and list tenants (home country, fair-share weight, quotas)."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> TenantServiceAsyncStub: ...
+    PutTenant: _grpc.UnaryUnaryMultiCallable[_service_pb2.PutTenantRequest, _service_pb2.PutTenantResponse]
+    """Creates or replaces a tenant."""
+    GetTenant: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetTenantRequest, _service_pb2.GetTenantResponse]
+    """Returns one tenant with its usage. NOT_FOUND when there is no such tenant."""
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListTenantsRequest, _service_pb2.ListTenantsResponse]
+    """Lists all tenants with their usage, ordered by id."""
+
+@_typing.type_check_only
+class TenantServiceAsyncStub(TenantServiceStub):
+    """Register and list tenants (home country, fair-share weight, quotas)."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    PutTenant: _aio.UnaryUnaryMultiCallable[_service_pb2.PutTenantRequest, _service_pb2.PutTenantResponse]  # type: ignore[assignment]
+    """Creates or replaces a tenant."""
+    GetTenant: _aio.UnaryUnaryMultiCallable[_service_pb2.GetTenantRequest, _service_pb2.GetTenantResponse]  # type: ignore[assignment]
+    """Returns one tenant with its usage. NOT_FOUND when there is no such tenant."""
+    ListTenants: _aio.UnaryUnaryMultiCallable[_service_pb2.ListTenantsRequest, _service_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    """Lists all tenants with their usage, ordered by id."""
+
+class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Register and list tenants (home country, fair-share weight, quotas)."""
+
+    @_abc_1.abstractmethod
+    def PutTenant(
+        self,
+        request: _service_pb2.PutTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.PutTenantResponse, _abc.Awaitable[_service_pb2.PutTenantResponse]]:
+        """Creates or replaces a tenant."""
+
+    @_abc_1.abstractmethod
+    def GetTenant(
+        self,
+        request: _service_pb2.GetTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.GetTenantResponse, _abc.Awaitable[_service_pb2.GetTenantResponse]]:
+        """Returns one tenant with its usage. NOT_FOUND when there is no such tenant."""
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _service_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ListTenantsResponse, _abc.Awaitable[_service_pb2.ListTenantsResponse]]:
+        """Lists all tenants with their usage, ordered by id."""
+
+def add_TenantServiceServicer_to_server(servicer: TenantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

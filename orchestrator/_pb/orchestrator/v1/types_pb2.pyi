@@ -353,6 +353,7 @@ class Job(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    PREEMPTIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, sortable by submit time."""
     state: Global___JobState.ValueType
@@ -371,6 +372,8 @@ class Job(_message.Message):
     """True when no registered site can ever run the job as specified."""
     cancel_requested: _builtins.bool
     """True once a cancel has been requested."""
+    preemptions: _builtins.int
+    """How many times the job has been preempted (preemptions do not count as failures)."""
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """The spec as accepted (with defaults filled in)."""
@@ -408,10 +411,11 @@ class Job(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        preemptions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "id", b"id", "reason", b"reason", "site", b"site", "spec", b"spec", "started_at", b"started_at", "state", b"state", "unschedulable", b"unschedulable", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "id", b"id", "preemptions", b"preemptions", "reason", b"reason", "site", b"site", "spec", b"spec", "started_at", b"started_at", "state", b"state", "unschedulable", b"unschedulable", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,23 +485,183 @@ class GpuPool(_message.Message):
 
     TYPE_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    WATTS_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """GPU model, for example "H100"."""
     count: _builtins.int
     """Number of GPUs of this type at the site."""
+    watts: _builtins.int
+    """Power drawn per GPU of this type when busy, in watts, all-in (server share, cooling)."""
     def __init__(
         self,
         *,
         type: _builtins.str = ...,
         count: _builtins.int = ...,
+        watts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "type", b"type", "watts", b"watts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GpuPool: _TypeAlias = GpuPool  # noqa: Y015
+
+@_typing.final
+class SitePolicy(_message.Message):
+    """What a site's owner allows at the site."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_TENANT_COUNTRIES_FIELD_NUMBER: _builtins.int
+    ALLOWED_TENANTS_FIELD_NUMBER: _builtins.int
+    HAS_SURPLUS_LIMIT_FIELD_NUMBER: _builtins.int
+    SURPLUS_GPUS_FIELD_NUMBER: _builtins.int
+    has_surplus_limit: _builtins.bool
+    """Whether surplus_gpus is a limit (false: no limit on non-home tenants)."""
+    surplus_gpus: _builtins.int
+    """Most GPUs tenants from outside the site's home countries may hold at once."""
+    @_builtins.property
+    def allowed_tenant_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tenants from these home countries may run here; empty means any country."""
+
+    @_builtins.property
+    def allowed_tenants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """These tenants may run here whatever their country; with both lists empty, anyone may."""
+
+    def __init__(
+        self,
+        *,
+        allowed_tenant_countries: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_tenants: _abc.Iterable[_builtins.str] | None = ...,
+        has_surplus_limit: _builtins.bool = ...,
+        surplus_gpus: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tenant_countries", b"allowed_tenant_countries", "allowed_tenants", b"allowed_tenants", "has_surplus_limit", b"has_surplus_limit", "surplus_gpus", b"surplus_gpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SitePolicy: _TypeAlias = SitePolicy  # noqa: Y015
+
+@_typing.final
+class Tenant(_message.Message):
+    """A tenant of the federation: home country, fair-share weight and quotas."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class QuotaGpusByJurisdictionEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    HAS_QUOTA_GPUS_FIELD_NUMBER: _builtins.int
+    QUOTA_GPUS_FIELD_NUMBER: _builtins.int
+    QUOTA_GPUS_BY_JURISDICTION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Tenant id: 1-128 letters, digits, '.', '_' or '-'."""
+    country: _builtins.str
+    """ISO 3166-1 alpha-2 home country; sites give their home countries' tenants priority."""
+    weight: _builtins.float
+    """Fair-share weight; 0 means 1."""
+    has_quota_gpus: _builtins.bool
+    """Whether quota_gpus is a limit."""
+    quota_gpus: _builtins.int
+    """Most GPUs the tenant may hold at once across all sites."""
+    @_builtins.property
+    def quota_gpus_by_jurisdiction(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Most GPUs the tenant may hold at once in one jurisdiction (country code -> GPUs)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        country: _builtins.str = ...,
+        weight: _builtins.float = ...,
+        has_quota_gpus: _builtins.bool = ...,
+        quota_gpus: _builtins.int = ...,
+        quota_gpus_by_jurisdiction: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["country", b"country", "has_quota_gpus", b"has_quota_gpus", "id", b"id", "quota_gpus", b"quota_gpus", "quota_gpus_by_jurisdiction", b"quota_gpus_by_jurisdiction", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
+
+@_typing.final
+class TenantStatus(_message.Message):
+    """A tenant with what it holds now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class GpusUsedByJurisdictionEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    GPUS_USED_FIELD_NUMBER: _builtins.int
+    GPUS_USED_BY_JURISDICTION_FIELD_NUMBER: _builtins.int
+    gpus_used: _builtins.int
+    """GPUs held now across all sites."""
+    @_builtins.property
+    def tenant(self) -> Global___Tenant:
+        """The tenant."""
+
+    @_builtins.property
+    def gpus_used_by_jurisdiction(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """GPUs held now by jurisdiction."""
+
+    def __init__(
+        self,
+        *,
+        tenant: Global___Tenant | None = ...,
+        gpus_used: _builtins.int = ...,
+        gpus_used_by_jurisdiction: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpus_used", b"gpus_used", "gpus_used_by_jurisdiction", b"gpus_used_by_jurisdiction", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantStatus: _TypeAlias = TenantStatus  # noqa: Y015
 
 @_typing.final
 class Site(_message.Message):
@@ -515,6 +679,11 @@ class Site(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     CPUS_FIELD_NUMBER: _builtins.int
     MEMORY_MB_FIELD_NUMBER: _builtins.int
+    HOME_COUNTRIES_FIELD_NUMBER: _builtins.int
+    RENEWABLE_SHARE_FIELD_NUMBER: _builtins.int
+    CARBON_INTENSITY_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    PLANNED_POWER_MW_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable site id: lowercase letters, digits and '-'."""
     name: _builtins.str
@@ -531,6 +700,12 @@ class Site(_message.Message):
     """CPU cores schedulable at the site."""
     memory_mb: _builtins.int
     """Memory schedulable at the site, in MiB."""
+    renewable_share: _builtins.float
+    """Share of the site's power from renewable sources, 0 to 1."""
+    carbon_intensity: _builtins.float
+    """Carbon intensity of the site's power, in grams of CO2 per kWh."""
+    planned_power_mw: _builtins.float
+    """Power capacity planned on top of power_cap_mw (informational; not schedulable)."""
     @_builtins.property
     def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Region tags, for example "eu", "nordics"."""
@@ -538,6 +713,14 @@ class Site(_message.Message):
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuPool]:
         """GPUs by type."""
+
+    @_builtins.property
+    def home_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Home countries: their tenants' jobs come first here; others use the surplus."""
+
+    @_builtins.property
+    def policy(self) -> Global___SitePolicy:
+        """The owner's policy for the site."""
 
     def __init__(
         self,
@@ -552,10 +735,15 @@ class Site(_message.Message):
         endpoint: _builtins.str = ...,
         cpus: _builtins.int = ...,
         memory_mb: _builtins.int = ...,
+        home_countries: _abc.Iterable[_builtins.str] | None = ...,
+        renewable_share: _builtins.float = ...,
+        carbon_intensity: _builtins.float = ...,
+        policy: Global___SitePolicy | None = ...,
+        planned_power_mw: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "endpoint", b"endpoint", "gpus", b"gpus", "id", b"id", "jurisdiction", b"jurisdiction", "memory_mb", b"memory_mb", "name", b"name", "owner", b"owner", "power_cap_mw", b"power_cap_mw", "regions", b"regions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carbon_intensity", b"carbon_intensity", "cpus", b"cpus", "endpoint", b"endpoint", "gpus", b"gpus", "home_countries", b"home_countries", "id", b"id", "jurisdiction", b"jurisdiction", "memory_mb", b"memory_mb", "name", b"name", "owner", b"owner", "planned_power_mw", b"planned_power_mw", "policy", b"policy", "power_cap_mw", b"power_cap_mw", "regions", b"regions", "renewable_share", b"renewable_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -573,12 +761,18 @@ class SiteStatus(_message.Message):
     LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
     GPUS_USED_FIELD_NUMBER: _builtins.int
     ACTIVE_JOBS_FIELD_NUMBER: _builtins.int
+    POWER_USED_MW_FIELD_NUMBER: _builtins.int
+    GPUS_USED_SURPLUS_FIELD_NUMBER: _builtins.int
     state: Global___SiteState.ValueType
     """Administrative state."""
     connected: _builtins.bool
     """Whether a dispatcher currently holds a stream to the agent."""
     active_jobs: _builtins.int
     """Jobs placed on the site and not yet finished."""
+    power_used_mw: _builtins.float
+    """Power drawn by the jobs placed on the site, in megawatts."""
+    gpus_used_surplus: _builtins.int
+    """GPUs held by tenants from outside the site's home countries."""
     @_builtins.property
     def site(self) -> Global___Site:
         """The registration."""
@@ -600,10 +794,12 @@ class SiteStatus(_message.Message):
         last_heartbeat: _timestamp_pb2.Timestamp | None = ...,
         gpus_used: _abc.Iterable[Global___GpuPool] | None = ...,
         active_jobs: _builtins.int = ...,
+        power_used_mw: _builtins.float = ...,
+        gpus_used_surplus: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat", b"last_heartbeat", "site", b"site"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_jobs", b"active_jobs", "connected", b"connected", "gpus_used", b"gpus_used", "last_heartbeat", b"last_heartbeat", "site", b"site", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_jobs", b"active_jobs", "connected", b"connected", "gpus_used", b"gpus_used", "gpus_used_surplus", b"gpus_used_surplus", "last_heartbeat", b"last_heartbeat", "power_used_mw", b"power_used_mw", "site", b"site", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
