@@ -332,6 +332,10 @@ class AgentRuntime:
             allocation = self._gpus.allocate(gpu_type, req.gpus_needed)
         except InsufficientGpusError as exc:
             return refuse(f"insufficient capacity: {exc}")
+        over = self._power_excess(allocation)
+        if over:
+            self._gpus.release(allocation)
+            return refuse(over)
         try:
             journal.record_accepted(
                 req.job_id,
@@ -352,6 +356,23 @@ class AgentRuntime:
         self._active[att.key] = att
         att.task = asyncio.create_task(self._run(att), name=f"run {req.job_id}/{req.attempt}")
         return AckResult(req.job_id, req.attempt, accepted=True)
+
+    def _draw_watts(self, allocation: GpuAllocation) -> int:
+        return len(allocation.slots) * self._site.gpu_watts.get(allocation.gpu_type, 0)
+
+    def _power_excess(self, allocation: GpuAllocation) -> str:
+        """Why starting ``allocation`` would take the site over its power cap, or ""."""
+        cap = int(self._site.power_cap_mw * 1_000_000)
+        new = self._draw_watts(allocation)
+        if not new:
+            return ""
+        in_use = sum(self._draw_watts(a.allocation) for a in self._active.values())
+        if in_use + new <= cap:
+            return ""
+        return (
+            f"power: {new / 1000:g} kW more would exceed the {self._site.power_cap_mw:g} MW cap "
+            f"with {in_use / 1e6:g} MW in use"
+        )
 
     def cancel(self, requests: Sequence[CancelRequest]) -> None:
         """Stop each attempt; one never seen here is recorded as cancelled and reported so."""

@@ -43,6 +43,7 @@ from orchestrator.errors import (
     NotFoundError,
     OrchestratorError,
 )
+from orchestrator.jurisdictions import expand
 
 __all__ = ["AgentServer", "AgentService"]
 
@@ -373,7 +374,7 @@ def _attempt_request(assignment: agent_pb2.Assignment) -> AttemptRequest:
         nodes=resources.nodes or 1,
         gpu_type=resources.gpu_type,
         assigned_gpu_type=assignment.gpu_type,
-        allowed_jurisdictions=tuple(spec.placement.allowed_jurisdictions),
+        allowed_jurisdictions=tuple(sorted(expand(spec.placement.allowed_jurisdictions))),
         max_runtime_seconds=float(spec.max_runtime_seconds) or None,
         traceparent=assignment.traceparent,
     )

@@ -66,6 +66,8 @@ class SchedulerConfig:
     """Pause between cycles when the last one placed nothing."""
     site_stale_after_seconds: float = 30.0
     """A connected site silent for longer than this gets no new work until heard from."""
+    preemption_window_seconds: float = 600.0
+    """A job preempted less than this long ago is not preempted again."""
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,10 @@ TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.RUNNING, JobState.CANCELLED),
         (JobState.RUNNING, JobState.PENDING),  # retry, lost or preempted: new attempt
         (JobState.RUNNING, JobState.PREEMPTED),
+        (JobState.DISPATCHED, JobState.PREEMPTED),
         (JobState.RUNNING, JobState.LOST),
-        (JobState.PREEMPTED, JobState.PENDING),
+        (JobState.PREEMPTED, JobState.PENDING),  # the agent stopped it (or refused it)
+        (JobState.PREEMPTED, JobState.CANCELLED),  # cancelled while being preempted
         (JobState.LOST, JobState.PENDING),
     }
 )

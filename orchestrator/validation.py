@@ -15,10 +15,13 @@ from orchestrator.jurisdictions import check_country, check_jurisdiction
 
 __all__ = [
     "MAX_ARGS",
+    "normalize_policy",
     "normalize_site",
     "normalize_spec",
+    "normalize_tenant",
     "validate_job_id",
     "validate_site_id",
+    "validate_tenant_id",
 ]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -170,7 +173,52 @@ def normalize_site(site: types_pb2.Site) -> types_pb2.Site:
         raise InvalidSpecError("site.power_cap_mw", "must not be negative")
     if not out.endpoint:
         raise InvalidSpecError("site.endpoint", "is required (host:port of the site's agent)")
+    for i, code in enumerate(out.home_countries):
+        check_country(f"site.home_countries[{i}]", code[:20])
+    if not 0 <= out.renewable_share <= 1:
+        raise InvalidSpecError("site.renewable_share", "must be between 0 and 1")
+    if out.carbon_intensity < 0:
+        raise InvalidSpecError("site.carbon_intensity", "must not be negative")
+    out.policy.CopyFrom(normalize_policy(out.policy, field="site.policy"))
     _check_text("site.endpoint", out.endpoint, max_len=256)
     for i, region in enumerate(out.regions):
         _check_name(f"site.regions[{i}]", region, _NAME_RE, "a region tag")
+    return out
+
+
+def validate_tenant_id(tenant_id: str) -> None:
+    """Raise unless ``tenant_id`` is 1-128 letters, digits, '.', '_' or '-'."""
+    _check_name("tenant_id", tenant_id, _NAME_RE, "1-128 letters, digits, '.', '_' or '-'")
+
+
+def normalize_policy(
+    policy: types_pb2.SitePolicy, *, field: str = "policy"
+) -> types_pb2.SitePolicy:
+    """A validated copy of a site policy."""
+    out = types_pb2.SitePolicy()
+    out.CopyFrom(policy)
+    for i, code in enumerate(out.allowed_tenant_countries):
+        check_country(f"{field}.allowed_tenant_countries[{i}]", code[:20])
+    for i, tenant in enumerate(out.allowed_tenants):
+        _check_name(f"{field}.allowed_tenants[{i}]", tenant, _NAME_RE, "a tenant id")
+    if not out.has_surplus_limit and out.surplus_gpus:
+        raise InvalidSpecError(f"{field}.surplus_gpus", "set, but has_surplus_limit is false")
+    return out
+
+
+def normalize_tenant(tenant: types_pb2.Tenant) -> types_pb2.Tenant:
+    """A validated copy of a tenant, weight defaulted to 1."""
+    out = types_pb2.Tenant()
+    out.CopyFrom(tenant)
+    _check_name("tenant.id", out.id, _NAME_RE, "1-128 letters, digits, '.', '_' or '-'")
+    if out.country:
+        check_country("tenant.country", out.country[:20])
+    if out.weight == 0:
+        out.weight = 1.0
+    if not (0 < out.weight <= 1000) or out.weight != out.weight:
+        raise InvalidSpecError("tenant.weight", f"must be in (0, 1000], got {out.weight:g}")
+    if not out.has_quota_gpus and out.quota_gpus:
+        raise InvalidSpecError("tenant.quota_gpus", "set, but has_quota_gpus is false")
+    for code in out.quota_gpus_by_jurisdiction:
+        check_country(f"tenant.quota_gpus_by_jurisdiction.{code[:20]}", code[:20])
     return out

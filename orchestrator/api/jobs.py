@@ -19,6 +19,8 @@ from opentelemetry import trace
 from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc, types_pb2
 from orchestrator.api.logs import LogProxy
 from orchestrator.errors import InvalidSpecError
+from orchestrator.scheduler.explain import explain_job
+from orchestrator.scheduler.model import Reason
 from orchestrator.states import JobState
 from orchestrator.store import JobStore
 from orchestrator.tracing import context_from_metadata, current_traceparent, get_tracer
@@ -29,6 +31,10 @@ __all__ = ["JobServiceServicer"]
 log = logging.getLogger(__name__)
 _tracer = get_tracer(__name__)
 
+_REASONS = {
+    reason: service_pb2.PlacementReason.Value(f"PLACEMENT_REASON_{reason.name}")
+    for reason in Reason
+}
 _EVENT_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 _MAX_PAGE_SIZE = 1000
 _MAX_REASON = 1024
@@ -151,3 +157,25 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 yield chunk
+
+    async def ExplainJob(
+        self, request: service_pb2.ExplainJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> service_pb2.ExplainJobResponse:
+        validate_job_id(request.job_id)
+        report = await explain_job(self._store, request.job_id)
+        return service_pb2.ExplainJobResponse(
+            job=report.job,
+            verdicts=[
+                service_pb2.SiteVerdict(
+                    site_id=v.site_id,
+                    reason=_REASONS[v.reason],
+                    detail=v.detail,
+                    score=v.score or 0.0,
+                )
+                for v in report.explanation.verdicts
+            ],
+            unschedulable_reason=report.explanation.unschedulable or "",
+            queue_position=report.queue_position,
+            queue_length=report.queue_length,
+            summary=report.summary,
+        )

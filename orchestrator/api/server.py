@@ -21,6 +21,7 @@ from orchestrator.api.errors import ErrorInterceptor
 from orchestrator.api.jobs import JobServiceServicer
 from orchestrator.api.logs import LogProxy
 from orchestrator.api.sites import SiteServiceServicer
+from orchestrator.api.tenants import TenantServiceServicer
 from orchestrator.errors import InvalidSpecError, StoreUnavailableError
 from orchestrator.store import JobStore
 
@@ -81,6 +82,9 @@ class ApiServer:
             JobServiceServicer(self._store, logs=self._logs), server
         )
         service_pb2_grpc.add_SiteServiceServicer_to_server(SiteServiceServicer(self._store), server)
+        service_pb2_grpc.add_TenantServiceServicer_to_server(
+            TenantServiceServicer(self._store), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
             port = server.add_insecure_port(self._listen)

@@ -14,7 +14,7 @@ from grpc import aio
 from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc, types_pb2
 from orchestrator.errors import InvalidSpecError
 from orchestrator.store import JobStore
-from orchestrator.validation import normalize_site, validate_site_id
+from orchestrator.validation import normalize_policy, normalize_site, validate_site_id
 
 __all__ = ["SiteServiceServicer"]
 
@@ -65,3 +65,12 @@ class SiteServiceServicer(service_pb2_grpc.SiteServiceServicer):
             request.reason or "(no reason)",
         )
         return service_pb2.SetSiteStateResponse(site=status)
+
+    async def SetSitePolicy(
+        self, request: service_pb2.SetSitePolicyRequest, context: aio.ServicerContext[Any, Any]
+    ) -> service_pb2.SetSitePolicyResponse:
+        validate_site_id(request.site_id)
+        policy = normalize_policy(request.policy)
+        status = await self._store.set_site_policy(request.site_id, policy)
+        log.info("site %s policy set", request.site_id)
+        return service_pb2.SetSitePolicyResponse(site=status)

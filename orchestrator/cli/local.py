@@ -20,6 +20,7 @@ __all__ = ["register"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEFAULT_SITES = EXAMPLES / "sites.yaml"
+DEFAULT_TENANTS = EXAMPLES / "tenants.yaml"
 DEFAULT_DEMO_JOBS = EXAMPLES / "demo-jobs.yaml"
 
 _state_dir_option = click.option(
@@ -47,6 +48,7 @@ def start_local(
     ray_address: str | None,
     dispatchers: int,
     timeout: float,
+    tenants: Path | None = None,
 ) -> UpState:
     """Start the supervisor in its own session and wait (showing its stages) until ready."""
     state_dir = state_dir.resolve()
@@ -57,6 +59,8 @@ def start_local(
         "--state-dir", str(state_dir), "--sites", str(sites.resolve()),
         "--api-listen", api_listen, "--dispatchers", str(dispatchers),
     ]  # fmt: skip
+    if tenants is not None:
+        args += ["--tenants", str(tenants.resolve())]
     if redis_url:
         args += ["--redis-url", redis_url]
     if ray_address:
@@ -136,6 +140,13 @@ def stop_local(state_dir: Path, *, timeout: float) -> bool:
     show_default="examples/sites.yaml",
     help="Site file; one demo agent is started per site.",
 )
+@click.option(
+    "--tenants",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEFAULT_TENANTS,
+    show_default="examples/tenants.yaml",
+    help="Tenant file to load (home countries, fair-share weights, quotas).",
+)
 @click.option("--api-listen", default="127.0.0.1:50051", show_default=True, help="API address.")
 @click.option("--redis-url", help="Use this Redis instead of starting one (redis:// or rediss://).")
 @click.option("--ray-address", help="Join this Ray cluster instead of starting a local one.")
@@ -144,6 +155,7 @@ def stop_local(state_dir: Path, *, timeout: float) -> bool:
 def up(
     state_dir: Path,
     sites: Path,
+    tenants: Path,
     api_listen: str,
     redis_url: str | None,
     ray_address: str | None,
@@ -161,7 +173,7 @@ def up(
         return
     state = start_local(
         state_dir, sites=sites, api_listen=api_listen, redis_url=redis_url,
-        ray_address=ray_address, dispatchers=dispatchers, timeout=timeout,
+        ray_address=ray_address, dispatchers=dispatchers, timeout=timeout, tenants=tenants,
     )  # fmt: skip
     click.echo(f"up: API on {state.api}, sites: {', '.join(sorted(state.agents)) or 'none'}")
     click.echo(f"logs in {Path(state.state_dir) / 'logs'}; stop with: sgctl down")
@@ -204,7 +216,7 @@ def demo(state_dir: Path, jobs_file: Path, keep: bool, timeout: float) -> None:
         click.echo("starting Redis, Ray, the control plane and three demo sites ...", err=True)
         state = start_local(
             state_dir, sites=DEFAULT_SITES, api_listen="127.0.0.1:50051", redis_url=None,
-            ray_address=None, dispatchers=2, timeout=180,
+            ray_address=None, dispatchers=2, timeout=180, tenants=DEFAULT_TENANTS,
         )  # fmt: skip
     ok = False
     try:

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import click
 
-from orchestrator.cli import jobs, sites
+from orchestrator.cli import jobs, placement, sites
 from orchestrator.cli.output import DEFAULT_API, Settings, api_from_state
 from orchestrator.errors import (
     IllegalTransitionError,
@@ -124,7 +124,7 @@ def cli(ctx: click.Context, api: str | None, state_dir: Path, timeout: float, ve
     ctx.obj = Settings(api=api or api_from_state(state_dir) or DEFAULT_API, timeout=timeout)
 
 
-for _command in (*jobs.COMMANDS, *sites.COMMANDS):
+for _command in (*jobs.COMMANDS, *sites.COMMANDS, *placement.COMMANDS):
     cli.add_command(_command)
 
 try:

@@ -195,7 +195,9 @@ def event_rows(events: Iterable[types_pb2.JobEvent]) -> list[list[str]]:
     ]
 
 
-SITE_HEADERS = ("ID", "NAME", "JURISDICTION", "STATE", "CONNECTED", "GPUS USED", "JOBS", "AGENT")
+SITE_HEADERS = (
+    "ID", "NAME", "JURISDICTION", "STATE", "CONNECTED", "GPUS USED", "POWER MW", "JOBS", "AGENT",
+)  # fmt: skip
 
 
 def site_rows(sites: Iterable[types_pb2.SiteStatus]) -> list[list[str]]:
@@ -212,6 +214,7 @@ def site_rows(sites: Iterable[types_pb2.SiteStatus]) -> list[list[str]]:
                 state_name(s.state, prefix="SITE_STATE_"),
                 "yes" if s.connected else "no",
                 gpus,
+                f"{s.power_used_mw:.2f}/{s.site.power_cap_mw:g}",
                 str(s.active_jobs),
                 s.site.endpoint,
             ]

@@ -25,6 +25,7 @@ from orchestrator.controlplane import ControlPlane
 from orchestrator.local.state import UpState, state_path, write_state
 from orchestrator.sitefile import SiteConfig, load_site_file
 from orchestrator.store import JobStore, LocalRedis
+from orchestrator.tenantfile import load_tenant_file
 from orchestrator.tracing import configure_tracing
 from orchestrator.validation import normalize_site
 
@@ -52,6 +53,8 @@ class UpOptions:
     """Dispatcher actors."""
     start_agents: bool = True
     """Start a demo agent per site (False: only register nothing; agents run elsewhere)."""
+    tenants_file: Path | None = None
+    """Tenant file to load (home countries, weights, quotas); None loads none."""
     otel_env: Mapping[str, str] = field(default_factory=dict)
     """OTEL_* variables passed on to the actors and agents."""
 
@@ -180,6 +183,11 @@ async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
         api = ApiServer(store, listen=opts.api_listen)
         address = await api.start()
         progress(f"API server on {address}")
+        if opts.tenants_file is not None:
+            tenants = load_tenant_file(opts.tenants_file)
+            for tenant in tenants:
+                await store.put_tenant(tenant)
+            progress(f"loaded {len(tenants)} tenants from {opts.tenants_file.name}")
         if sites:
             progress(f"starting {len(sites)} site agents")
             agents = await _start_agents(opts, sites, progress)
@@ -232,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-address")
     parser.add_argument("--dispatchers", type=int, default=2)
     parser.add_argument("--no-agents", action="store_true")
+    parser.add_argument("--tenants", type=Path)
     ns = parser.parse_args(argv)
     state_dir = ns.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_address=ns.ray_address,
         dispatchers=ns.dispatchers,
         start_agents=not ns.no_agents,
+        tenants_file=ns.tenants.resolve() if ns.tenants else None,
         otel_env=otel_env,
     )
 

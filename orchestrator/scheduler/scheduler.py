@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from opentelemetry.trace import Link
@@ -19,8 +18,10 @@ from redis.asyncio.client import PubSub
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import SchedulerConfig
 from orchestrator.errors import StoreUnavailableError
-from orchestrator.scheduler.placement import JobRequest, PlacementResult, SiteView, Snapshot, place
-from orchestrator.store import Decision, JobStore, SiteRecord
+from orchestrator.scheduler.model import PlacementResult
+from orchestrator.scheduler.placement import DefaultPolicy, Policy
+from orchestrator.scheduler.snapshot import job_request, read_snapshot, read_tenants
+from orchestrator.store import Decision, JobStore, Victim
 from orchestrator.tracing import context_from_traceparent, get_tracer
 
 __all__ = ["CycleStats", "Scheduler"]
@@ -36,80 +37,88 @@ class CycleStats:
     window: int
     placed: int
     dropped: int
+    preempted: int
     unschedulable: int
     seconds: float
 
 
-def site_view(rec: SiteRecord, *, now: float, stale_after: float) -> SiteView:
-    """A snapshot view of a site: it accepts work when ACTIVE, connected and recently heard."""
-    fresh = rec.last_heartbeat is not None and now - rec.last_heartbeat <= stale_after
-    accepting = rec.state == types_pb2.SITE_STATE_ACTIVE and bool(rec.connected_by) and fresh
-    return SiteView(
-        site_id=rec.site.id,
-        jurisdiction=rec.site.jurisdiction,
-        accepting=accepting,
-        total_gpus=rec.capacity_gpus,
-        total_cpus=rec.capacity_cpus,
-        total_memory_mb=rec.capacity_memory_mb,
-        free_gpus={t: n - rec.used_gpus.get(t, 0) for t, n in rec.capacity_gpus.items()},
-        free_cpus=rec.capacity_cpus - rec.used_cpus,
-        free_memory_mb=rec.capacity_memory_mb - rec.used_memory_mb,
-    )
-
-
 class Scheduler:
-    """Runs placement cycles against a store with a pure placement function."""
+    """Runs placement cycles against a store with a pure placement policy."""
 
     def __init__(
         self,
         store: JobStore,
         *,
         config: SchedulerConfig | None = None,
-        policy: Callable[[Snapshot], PlacementResult] = place,
+        policy: Policy | None = None,
     ) -> None:
         self.store = store
         self.config = config or SchedulerConfig()
-        self.policy = policy
+        self.policy: Policy = policy or DefaultPolicy()
         self._specs: dict[str, tuple[types_pb2.JobSpec, str]] = {}
+        self._waiting: dict[str, str] = {}
         self.cycles = 0
         self.placed_total = 0
+        self.preempted_total = 0
 
     async def run_once(self) -> CycleStats:
-        """One cycle: window, snapshot, place, commit."""
+        """One cycle: window, snapshot, place, commit, preempt, record why the rest waits."""
         started = time.perf_counter()
         refs = await self.store.pending_window(self.config.window)
         missing = [r.job_id for r in refs if r.job_id not in self._specs]
         if missing:
             self._specs.update(await self.store.job_specs(missing))
-        # keep the cache to the window, so its size is bounded by it
         in_window = {r.job_id for r in refs}
         for job_id in [j for j in self._specs if j not in in_window]:
-            del self._specs[job_id]
+            del self._specs[job_id]  # the cache stays bounded by the window
+        for job_id in [j for j in self._waiting if j not in in_window]:
+            del self._waiting[job_id]
+        tenants = await read_tenants(self.store)
         jobs = [
-            JobRequest.from_spec(r.job_id, r.attempt, self._specs[r.job_id][0])
+            job_request(
+                r.job_id, r.attempt, self._specs[r.job_id][0], submit_order=r.score, tenants=tenants
+            )
             for r in refs
             if r.job_id in self._specs
         ]
-        now = time.time()
-        sites = [
-            site_view(rec, now=now, stale_after=self.config.site_stale_after_seconds)
-            for rec in await self.store.site_records()
-        ]
-        result = self.policy(Snapshot(jobs=jobs, sites=sites))
+        snapshot = await read_snapshot(
+            self.store,
+            jobs,
+            tenants=tenants,
+            stale_after=self.config.site_stale_after_seconds,
+            preemption_window_seconds=self.config.preemption_window_seconds,
+        )
+        result = self.policy.place(snapshot)
         with tracer.start_as_current_span(
             "scheduler.cycle",
-            attributes={"scheduler.window": len(jobs), "scheduler.sites": len(sites)},
+            attributes={"scheduler.window": len(jobs), "scheduler.sites": len(snapshot.sites)},
         ) as cycle:
             decisions = [
-                Decision(d.job_id, d.attempt, d.site_id, d.gpu_type) for d in result.decisions
+                Decision(d.job_id, d.attempt, d.site_id, d.gpu_type, d.watts)
+                for d in result.decisions
             ]
             codes = await self.store.commit(decisions)
-            self._trace_decisions(result, codes, cycle_link=Link(cycle.get_span_context()))
+            victims = [
+                Victim(p.victim_job_id, p.victim_attempt, p.for_job_id) for p in result.preemptions
+            ]
+            preempt_codes = await self.store.preempt(victims)
             marked = await self.store.mark_unschedulable(result.unschedulable)
+            changed = [
+                (job.job_id, job.attempt, result.waiting[job.job_id])
+                for job in jobs
+                if job.job_id in result.waiting
+                and self._waiting.get(job.job_id) != result.waiting[job.job_id]
+            ]
+            await self.store.note_waiting(changed)
+            self._trace(result, codes, changed, link=Link(cycle.get_span_context()))
+            for job_id, _, reason in changed:
+                self._waiting[job_id] = reason
             placed = sum(1 for c in codes if c == "ok")
-            cycle.set_attribute("scheduler.placed", placed)
+            preempted = sum(1 for c in preempt_codes if c in ("ok", "requeued"))
+            cycle.set_attributes({"scheduler.placed": placed, "scheduler.preempted": preempted})
         self.cycles += 1
         self.placed_total += placed
+        self.preempted_total += preempted
         for d, code in zip(decisions, codes, strict=True):
             if code != "ok":
                 log.info("dropped decision %s -> %s: %s", d.job_id, d.site, code)
@@ -117,38 +126,58 @@ class Scheduler:
             window=len(jobs),
             placed=placed,
             dropped=len(codes) - placed,
+            preempted=preempted,
             unschedulable=marked,
             seconds=time.perf_counter() - started,
         )
 
-    def _trace_decisions(
-        self, result: PlacementResult, codes: list[str], *, cycle_link: Link
+    def _trace(
+        self,
+        result: PlacementResult,
+        codes: list[str],
+        waiting: list[tuple[str, int, str]],
+        *,
+        link: Link,
     ) -> None:
-        """One span per decision, in the job's own trace, linked to the cycle."""
-        for d, code in zip(result.decisions, codes, strict=True):
-            tp = self._specs.get(d.job_id, (None, ""))[1]
+        """Spans in each job's own trace (linked to the cycle) carrying the decision's reasons."""
+
+        def span(name: str, job_id: str, attributes: dict[str, str | int | float]) -> None:
+            tp = self._specs.get(job_id, (None, ""))[1]
             with tracer.start_as_current_span(
-                "scheduler.place",
+                name,
                 context=context_from_traceparent(tp),
-                links=[cycle_link],
-                attributes={
-                    "job.id": d.job_id,
+                links=[link],
+                attributes={"job.id": job_id, **attributes},
+            ):
+                pass
+
+        for d, code in zip(result.decisions, codes, strict=True):
+            span(
+                "scheduler.place",
+                d.job_id,
+                {
                     "job.attempt": d.attempt,
                     "site.id": d.site_id,
                     "placement.gpu_type": d.gpu_type,
+                    "placement.score": d.score,
+                    "placement.watts": d.watts,
                     "placement.commit": code,
                 },
-            ):
-                pass
+            )
+        for p in result.preemptions:
+            span(
+                "scheduler.preempt",
+                p.for_job_id,
+                {"site.id": p.site_id, "placement.victim": p.victim_job_id},
+            )
         for job_id, attempt, reason in result.unschedulable:
-            tp = self._specs.get(job_id, (None, ""))[1]
-            with tracer.start_as_current_span(
+            span(
                 "scheduler.unschedulable",
-                context=context_from_traceparent(tp),
-                links=[cycle_link],
-                attributes={"job.id": job_id, "job.attempt": attempt, "placement.reason": reason},
-            ):
-                pass
+                job_id,
+                {"job.attempt": attempt, "placement.reason": reason},
+            )
+        for job_id, attempt, reason in waiting:
+            span("scheduler.wait", job_id, {"job.attempt": attempt, "placement.reason": reason})
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Cycle until ``stop`` is set; sleep on the store's wake channel when there is no work."""

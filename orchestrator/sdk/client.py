@@ -86,6 +86,7 @@ class AsyncClient:
         self._metadata = tuple(metadata)
         self._jobs = service_pb2_grpc.JobServiceStub(channel)
         self._sites = service_pb2_grpc.SiteServiceStub(channel)
+        self._tenants = service_pb2_grpc.TenantServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
 
     @classmethod
@@ -335,6 +336,16 @@ class AsyncClient:
         except TimeoutError:
             raise WaitTimeoutError(job_id, timeout or 0.0, last) from None
 
+    async def explain(self, job_id: str) -> service_pb2.ExplainJobResponse:
+        """Why the job is pending or where it runs: each site's verdict and its queue place."""
+        return await self._call(
+            self._jobs.ExplainJob(
+                service_pb2.ExplainJobRequest(job_id=job_id),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+
     # ---------------------------------------------------------------- sites
 
     async def sites(self) -> list[types_pb2.SiteStatus]:
@@ -391,3 +402,49 @@ class AsyncClient:
     async def activate(self, site_id: str, *, reason: str = "") -> types_pb2.SiteStatus:
         """Accept new work at the site again (undo cordon or drain)."""
         return await self._set_site_state(site_id, types_pb2.SITE_STATE_ACTIVE, reason)
+
+    async def set_site_policy(
+        self, site_id: str, policy: types_pb2.SitePolicy
+    ) -> types_pb2.SiteStatus:
+        """Replace the owner's policy for a site (who may run there, surplus offered)."""
+        response = await self._call(
+            self._sites.SetSitePolicy(
+                service_pb2.SetSitePolicyRequest(site_id=site_id, policy=policy),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.site
+
+    # ---------------------------------------------------------------- tenants
+
+    async def put_tenant(self, tenant: types_pb2.Tenant) -> types_pb2.TenantStatus:
+        """Create or replace a tenant (home country, fair-share weight, quotas)."""
+        response = await self._call(
+            self._tenants.PutTenant(
+                service_pb2.PutTenantRequest(tenant=tenant),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.tenant
+
+    async def get_tenant(self, tenant_id: str) -> types_pb2.TenantStatus:
+        """One tenant with its usage. Raises ``TenantNotFoundError``."""
+        response = await self._call(
+            self._tenants.GetTenant(
+                service_pb2.GetTenantRequest(tenant_id=tenant_id),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.tenant
+
+    async def tenants(self) -> list[types_pb2.TenantStatus]:
+        """All tenants with their usage, ordered by id."""
+        response = await self._call(
+            self._tenants.ListTenants(
+                service_pb2.ListTenantsRequest(), timeout=self._timeout, metadata=self._meta()
+            )
+        )
+        return list(response.tenants)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequen
 from types import TracebackType
 from typing import Any, TypeVar
 
-from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator._pb.orchestrator.v1 import service_pb2, types_pb2
 from orchestrator.sdk.client import AsyncClient
 from orchestrator.sdk.job import Job
 from orchestrator.spec import JobSpec
@@ -222,6 +222,10 @@ class Client:
 
     # ---------------------------------------------------------------- sites
 
+    def explain(self, job_id: str) -> service_pb2.ExplainJobResponse:
+        """Why the job is pending or where it runs: each site's verdict and its queue place."""
+        return self._runner.run(self._async.explain(job_id))
+
     def sites(self) -> list[types_pb2.SiteStatus]:
         """All registered sites with their status, ordered by id."""
         return self._runner.run(self._async.sites())
@@ -245,3 +249,19 @@ class Client:
     def activate(self, site_id: str, *, reason: str = "") -> types_pb2.SiteStatus:
         """Accept new work at the site again (undo cordon or drain)."""
         return self._runner.run(self._async.activate(site_id, reason=reason))
+
+    def set_site_policy(self, site_id: str, policy: types_pb2.SitePolicy) -> types_pb2.SiteStatus:
+        """Replace the owner's policy for a site (who may run there, surplus offered)."""
+        return self._runner.run(self._async.set_site_policy(site_id, policy))
+
+    def put_tenant(self, tenant: types_pb2.Tenant) -> types_pb2.TenantStatus:
+        """Create or replace a tenant (home country, fair-share weight, quotas)."""
+        return self._runner.run(self._async.put_tenant(tenant))
+
+    def get_tenant(self, tenant_id: str) -> types_pb2.TenantStatus:
+        """One tenant with its usage. Raises ``TenantNotFoundError``."""
+        return self._runner.run(self._async.get_tenant(tenant_id))
+
+    def tenants(self) -> list[types_pb2.TenantStatus]:
+        """All tenants with their usage, ordered by id."""
+        return self._runner.run(self._async.tenants())

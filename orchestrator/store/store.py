@@ -512,6 +512,18 @@ class JobStore:
                 await self._scripts.run("reconsider", [self.prefix])
         return await self.get_site(site_id)
 
+    async def set_site_policy(
+        self, site_id: str, policy: types_pb2.SitePolicy
+    ) -> types_pb2.SiteStatus:
+        """Replace a site's policy (kept in its registration). Raises ``SiteNotFoundError``."""
+        recs = await self.site_records([site_id])
+        if not recs:
+            raise SiteNotFoundError(site_id)
+        site = types_pb2.Site()
+        site.CopyFrom(recs[0].site)
+        site.policy.CopyFrom(policy)
+        return await self.register_site(site)
+
     async def site_records(self, site_ids: Sequence[str] | None = None) -> list[SiteRecord]:
         """Sites (all, or the ones named) with state, capacity and use, ordered by id."""
         with _unavailable_as_error():

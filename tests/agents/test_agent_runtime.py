@@ -142,3 +142,32 @@ async def test_open_reports_attempts_a_previous_run_left(config: AgentConfig) ->
         assert dup.duplicate
     finally:
         await rt.close()
+
+
+async def test_agent_refuses_work_over_its_power_cap_and_expands_groups(tmp_path: Path) -> None:
+    """Defence in depth: the agent checks the power cap and residency groups itself."""
+    from agents.config import AgentConfig
+    from agents.executors import LocalExecutor
+    from agents.runtime import AgentRuntime, AttemptRequest
+    from orchestrator.sitefile import SiteConfig
+
+    site = SiteConfig(
+        id="capped", name="Capped", jurisdiction="NO", owner="p", power_cap_mw=0.02,
+        cpus=64, memory_mb=1 << 20, gpus={"H100": 16}, gpu_watts={"H100": 1400},
+    )  # fmt: skip
+    runtime = AgentRuntime(AgentConfig(site=site, state_dir=tmp_path), executor=LocalExecutor())
+    await runtime.open()
+    try:
+
+        def req(job: str, allowed: tuple[str, ...] = ()) -> AttemptRequest:
+            return AttemptRequest(
+                job_id=job, attempt=1, command=("sleep", "30"), gpus_per_node=8, gpu_type="H100",
+                allowed_jurisdictions=allowed,
+            )  # fmt: skip
+
+        first, second = runtime.dispatch([req("j1"), req("j2")])
+        assert first.accepted
+        assert not second.accepted and second.reason.startswith("power:")
+        assert runtime.capacity().gpus_free == {"H100": 8}  # the refused job holds nothing
+    finally:
+        await runtime.close(grace_seconds=0.5)

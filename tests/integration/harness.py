@@ -75,6 +75,7 @@ async def federation(
     tmp_path: Path,
     *,
     sites: Iterable[SiteConfig] = DEMO_SITES,
+    tenants: Iterable[types_pb2.Tenant] = (),
     kill_grace_seconds: float = 2.0,
 ) -> AsyncIterator[Federation]:
     store = JobStore.from_config(redis_config)
@@ -82,6 +83,8 @@ async def federation(
     stop = asyncio.Event()
     fed: Federation | None = None
     try:
+        for tenant in tenants:
+            await store.put_tenant(tenant)
         for site in sites:
             agent = AgentServer(
                 AgentConfig(

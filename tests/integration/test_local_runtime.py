@@ -48,11 +48,11 @@ def test_up_runs_jobs_and_down_leaves_nothing_running(tmp_path: Path) -> None:
         sites = sgctl("--state-dir", str(state_dir), "sites", "-o", "json")
         assert sites.returncode == 0, sites.stderr
         listed = json.loads(sites.stdout)
-        assert {s["site"]["id"] for s in listed} == {"narvik", "abu-dhabi", "abilene"}
+        assert {s["site"]["id"] for s in listed} == {"narvik", "abu-dhabi", "abilene", "loughton"}
 
         job_file = tmp_path / "job.yaml"
         job_file.write_text(
-            "name: hello\ntenant: acme\ncommand: [sh, -c, 'echo hello from $SG_SITE']\n"
+            "name: hello\ntenant: uio-research\ncommand: [sh, -c, 'echo hello from $SG_SITE']\n"
             "placement: {allowed_jurisdictions: [NO]}\n"
         )
         submit = sgctl("--state-dir", str(state_dir), "submit", "-f", str(job_file), "--wait")

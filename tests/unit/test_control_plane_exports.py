@@ -10,11 +10,14 @@ import pytest
 SURFACES = {
     "orchestrator.store": [
         "Ack", "Assignment", "Decision", "JobStore", "Keys", "LocalRedis", "PendingRef",
-        "SiteRecord", "StatusReport", "find_redis_server", "free_port", "pending_score",
+        "RunningRecord", "SiteRecord", "StatusReport", "TenantRecord", "Victim",
+        "find_redis_server", "free_port", "pending_score",
     ],
     "orchestrator.scheduler": [
-        "CycleStats", "FirstFit", "JobRequest", "PlacementResult", "Policy", "Scheduler",
-        "SiteView", "Snapshot", "never_reason", "place",
+        "CycleStats", "DefaultPolicy", "Explanation", "JobExplanation", "JobRequest", "Placed",
+        "PlacementResult", "Policy", "Preemption", "Priority", "Reason", "RunningJob",
+        "Scheduler", "SitePolicy", "SiteVerdict", "SiteView", "Snapshot", "TenantView",
+        "Weights", "explain", "explain_job", "never_reason", "place",
     ],
     "orchestrator.dispatch": ["Dispatcher", "DispatcherOptions", "owner_of"],
     "orchestrator.local": ["UpState", "pid_alive", "read_state", "state_path", "write_state"],
@@ -30,7 +33,13 @@ def test_public_names(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["orchestrator.scheduler.placement", "orchestrator.states", "orchestrator.validation"]
+    "module",
+    [
+        "orchestrator.scheduler.placement",
+        "orchestrator.scheduler.model",
+        "orchestrator.states",
+        "orchestrator.validation",
+    ],
 )
 def test_pure_domain_modules_import_no_io_library(module: str) -> None:
     """Placement, the state machine and validation are pure: no gRPC, Redis or Ray."""
@@ -52,6 +61,7 @@ def test_pure_domain_modules_import_no_io_library(module: str) -> None:
         "orchestrator._pb.orchestrator.v1",
         "orchestrator.errors",
         "orchestrator.jurisdictions",
+        "orchestrator.scheduler.model",
     }
     for name in imported:
         if name.startswith("orchestrator"):

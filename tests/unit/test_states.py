@@ -47,6 +47,7 @@ def _lua(name: str) -> str:
         ("status", JobState.DISPATCHED, JobState.RUNNING),
         ("cancel", JobState.PENDING, JobState.CANCELLED),
         ("cancel", JobState.SCHEDULED, JobState.CANCELLED),
+        ("preempt", JobState.RUNNING, JobState.PREEMPTED),
     ],
 )
 def test_scripts_check_the_source_state_of_their_transition(
