@@ -213,7 +213,7 @@ def demo(state_dir: Path, jobs_file: Path, keep: bool, timeout: float) -> None:
     state = _running(state_dir)
     started_here = state is None
     if state is None:
-        click.echo("starting Redis, Ray, the control plane and three demo sites ...", err=True)
+        click.echo("starting Redis, Ray, the control plane and the demo sites ...", err=True)
         state = start_local(
             state_dir, sites=DEFAULT_SITES, api_listen="127.0.0.1:50051", redis_url=None,
             ray_address=None, dispatchers=2, timeout=180, tenants=DEFAULT_TENANTS,
@@ -288,7 +288,14 @@ def _summarise(jobs: list[Any]) -> bool:
             "the exit-3 job is FAILED with exit code 3",
             any(r[3] == "FAILED" and r[4] == "3" for r in rows),
         ),
-        ("jobs ran on all three sites", {"narvik", "abu-dhabi", "abilene"} <= set(per_site)),
+        (
+            "jobs ran on narvik, abu-dhabi and abilene",
+            {"narvik", "abu-dhabi", "abilene"} <= set(per_site),
+        ),
+        (
+            "the UK lab's surplus jobs ran on Narvik's surplus",
+            all(r[2] == "narvik" for r in rows if r[0].startswith("uk-surplus")),
+        ),
     ]
     click.echo()
     for name, passed in checks:
