@@ -8,28 +8,31 @@ How a cycle works (``DefaultPolicy.place``):
 
 1. **Shape keys.** Jobs that ask for the same thing (GPUs, type, CPUs, memory, allowed
    jurisdictions, excluded and preferred sites, tenant country, and the tenant itself only when
-   a site names tenants or the tenant has per-jurisdiction quotas) share one key. Per key, once
-   per cycle: whether any registered site could ever run it (else: unschedulable), whether it is
-   "home" (its country is a home country of a site it could run at), and its candidate sites in
-   static-score order (home, preferred, renewable share, carbon). Candidate lists are built from
-   a per-jurisdiction-set site list sorted once by the score every job shares (renewable and
-   carbon); the few home and preferred sites of a key are spliced in by bisection, so building a
-   key costs a C-level list copy, not a Python loop over every site.
-2. **Ordering.** Priority class (high first); within a class home jobs first; then dominant
-   resource fairness between tenants (a heap of tenants keyed by current dominant share, each
-   with its own queue in submit order, job id); shares are updated as jobs are placed.
-3. **Placing a job** walks its key's candidates with a cursor. A site that fails a check is
-   dropped for the key for the rest of the cycle: within a cycle capacity, power headroom,
-   surplus and quota only shrink, so it can never fit that shape again. Once a key runs out of
-   sites, its remaining jobs wait without another scan.
-4. **Packing (approximation).** The score is static + ``weights.packing`` x (share of the GPU
-   type in use after placing). After the first feasible candidate, the walk looks at most
-   ``packing_lookahead`` further feasible candidates, and only those whose static score is high
-   enough that packing could still make them win; the best exact score among those wins (ties
-   by site id). With fewer than ``packing_lookahead`` contenders this is the exact maximum;
-   with more, a site further down the list that packing alone would have lifted to the top can
-   be missed.
-5. **Preemption**, after the normal pass, for jobs still waiting in the order they were
+   a site names tenants or the tenant has per-jurisdiction quotas) share one key. Once per key
+   and cycle: whether any registered site could ever run it (else it is unschedulable), whether
+   it is "home" (its country is a home country of a site it could run at), and its candidate
+   sites in static-score order (home, preferred, renewable share, carbon). Candidates come from
+   a per-jurisdiction-set list sorted once by the score all jobs share (renewable and carbon);
+   a key's few home and preferred sites go in front of it (or are spliced in by bisection when
+   their bonuses do not outweigh every other site), so a key costs a C-level list copy at most,
+   never a Python loop over the federation.
+2. **Ordering.** Priority class (high first); within a class, home jobs first; then dominant
+   resource fairness between tenants: a heap of tenants keyed by current dominant share, each
+   with its own queue in (submit order, job id). Shares are updated as jobs are placed.
+3. **Placing a job** moves its key's cursor past candidates that no longer fit (a cheap free
+   capacity test first, the full checks after) and stops at the first that does. Within a
+   cycle capacity, power headroom, surplus and quota only shrink, so a site passed over never
+   fits that shape again. A key whose cursor runs off the end is exhausted: its waiting reason
+   is worked out once (from its most informative site) and its later jobs wait without a scan.
+4. **Packing (the one approximation).** A site's score is its static score + ``packing`` x the
+   share of its GPUs of the type (CPUs for a CPU-only job) in use after placing. Rather than
+   scoring every feasible site, the first feasible candidate is compared with at most
+   ``DefaultPolicy.packing_lookahead`` (default 4) further candidates that pass the quick
+   capacity test and whose static score leaves packing a chance to win; the best exact score
+   among them wins, ties by site id. With that few contenders (small federations, or sites whose
+   static scores differ by more than ``packing``) this is the exact maximum that ``explain``
+   would rank first; with many near-equal sites, a fuller site further down can be missed.
+5. **Preemption**, after the normal pass, for the jobs still waiting, in the order they were
    considered: see ``_Preemptor``.
 
 Conventions: a job that adds nothing to a limit (a CPU-only job and GPU quotas, surplus or
@@ -39,6 +42,7 @@ its ``TenantView.country`` when that is empty. A non-positive weight counts as a
 
 from __future__ import annotations
 
+import gc
 import heapq
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
@@ -65,7 +69,6 @@ from orchestrator.scheduler.model import (
 __all__ = [
     "DefaultPolicy",
     "Explanation",
-    "FirstFit",
     "JobRequest",
     "Placed",
     "PlacementResult",
@@ -131,6 +134,7 @@ class _Site:
         "accepting",
         "allow_countries",
         "allow_tenants",
+        "avail",
         "base",
         "cap",
         "free",
@@ -138,7 +142,7 @@ class _Site:
         "free_mem",
         "home",
         "jurisdiction",
-        "max_free",
+        "max_avail",
         "max_pool",
         "order",
         "power_room",
@@ -165,9 +169,8 @@ class _Site:
             self.types = sorted([t for t, n in total.items() if n > 0])
             self.max_pool = max(total.values())
             self.free = {t: n - used.get(t, 0) for t, n in total.items()}
-            self.max_free = max(self.free.values())
         else:
-            self.types, self.max_pool, self.free, self.max_free = [], 0, {}, 0
+            self.types, self.max_pool, self.free = [], 0, {}
         self.total_cpus = v.total_cpus
         self.total_mem = v.total_memory_mb
         self.free_cpus = v.total_cpus - v.used_cpus
@@ -184,6 +187,23 @@ class _Site:
         self.surplus_room = None if limit is None else limit - v.used_gpus_nonhome
         self.base = w.renewable * v.renewable_share - w.carbon * v.carbon_intensity
         self.order = 0
+        self.avail: dict[str, int]
+        self.max_avail: int
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute ``avail``: GPUs of each type that capacity and power headroom both allow
+        (a quick test that spares the full checks for sites that cannot fit a job)."""
+        if self.cap is None:
+            avail = self.avail = self.free
+        else:
+            room = self.power_room
+            watts = self.watts
+            avail = {
+                t: min(n, room // watts[t]) if watts.get(t) else n for t, n in self.free.items()
+            }
+            self.avail = avail
+        self.max_avail = max(avail.values()) if avail else 0
 
 
 class _Tenant:
@@ -512,6 +532,8 @@ def _short(code: int, s: _Site, k: _Key, t: _Tenant) -> str:
     if code == _SURPLUS:
         return f"surplus used up at {s.site_id}: {_detail(code, s, k, t)}"
     if code == _QUOTA:
+        if t.quota_room is not None and k.gpus > t.quota_room:
+            return _quota_short(t)
         j = s.jurisdiction
         return f"quota: tenant {t.name} at {t.jq[j] - t.jq_room[j]}/{t.jq[j]} GPUs in {j}"
     if code == _STATE:
@@ -591,23 +613,25 @@ class _Cycle:
         sites = [_Site(v, w) for v in snapshot.sites]
         self.sites = sites
         self.by_id = {s.site_id: s for s in sites}
-        ordered = sorted(sites, key=lambda s: (-s.base, s.site_id))
+        entries = sorted([(-s.base, s.site_id, s) for s in sites])
+        self.entries = entries
+        self.ordered = [e[2] for e in entries]
         self.home_of: dict[str, list[_Site]] = {}
         self.named: set[str] = set()
         self.by_jur: dict[str, list[_Entry]] = {}
-        for i, s in enumerate(ordered):
+        tg = tc = tm = 0
+        for i, entry in enumerate(entries):
+            s = entry[2]
             s.order = i
-            self.by_jur.setdefault(s.jurisdiction, []).append((-s.base, s.site_id, s))
+            self.by_jur.setdefault(s.jurisdiction, []).append(entry)
             for c in s.home:
                 self.home_of.setdefault(c, []).append(s)
             if s.allow_tenants:
                 self.named |= s.allow_tenants
-        self.ordered = ordered
-        self.entries = [(-s.base, s.site_id, s) for s in ordered]
+            tg += sum(s.total.values())
+            tc += s.total_cpus
+            tm += s.total_mem
         self.tenants: dict[str, _Tenant] = {}
-        tg = sum(n for v in snapshot.sites for n in v.total_gpus.values())
-        tc = sum(v.total_cpus for v in snapshot.sites)
-        tm = sum(v.total_memory_mb for v in snapshot.sites)
         self.inv = (1 / tg if tg > 0 else 0.0, 1 / tc if tc > 0 else 0.0, 1 / tm if tm > 0 else 0.0)
         self._bases: dict[frozenset[str], list[_Entry]] = {}
         self._homes: dict[tuple[frozenset[str], str], list[_Site]] = {}
@@ -651,7 +675,7 @@ class _Cycle:
         return got
 
     def context(self, k: _Key) -> list[_Entry]:
-        """``k``'s candidate sites as (static score, site), best first (ties by site id)."""
+        """``k``'s candidate sites, best static score first (ties by site id)."""
         w = self.weights
         allowed = k.allowed
         homes = self.homes(allowed, k.country) if w.home and k.country else []
@@ -692,11 +716,17 @@ def _splice(entries: list[_Entry], special: list[tuple[float, _Site]]) -> list[_
     scores sort them: a few bisections and C-level slice copies, no Python loop over entries."""
     if not special:
         return entries
+    front = sorted((-score, s.site_id, s) for score, s in special)
+    if -front[-1][0] > -entries[0][0]:
+        # every special site outscores every site (the usual case: home and preferred bonuses
+        # dwarf renewable and carbon terms): put them first. Their own entries further down
+        # are harmless duplicates: a walk reaches them only after the special entry failed.
+        return front + entries
     removed = sorted(bisect_left(entries, (-s.base, s.site_id)) for _, s in special)
     out: list[_Entry] = []
     prev = 0
     ri = 0
-    for entry in sorted((-score, s.site_id, s) for score, s in special):
+    for entry in front:
         p = bisect_left(entries, entry[:2])
         while ri < len(removed) and removed[ri] < p:
             out += entries[prev : removed[ri]]
@@ -714,7 +744,7 @@ def _splice(entries: list[_Entry], special: list[tuple[float, _Site]]) -> list[_
 
 def _choose(k: _Key, t: _Tenant, pw: float, lookahead: int) -> tuple[float, _Site, str] | None:
     """The best site for the next job of ``k`` now, or None; moves ``k``'s cursor past sites
-    that no longer fit it (a cheap capacity test first, the full checks after)."""
+    that no longer fit it (the quick ``avail`` test first, the full checks after)."""
     cands = k.ctx
     i = k.pos
     n = len(cands)
@@ -722,7 +752,8 @@ def _choose(k: _Key, t: _Tenant, pw: float, lookahead: int) -> tuple[float, _Sit
     while i < n:
         neg, _, s = cands[i]
         if (
-            (gpus and (s.free.get(gt, 0) if gt else s.max_free) < gpus)
+            not s.accepting
+            or (gpus and (s.avail.get(gt, 0) if gt else s.max_avail) < gpus)
             or s.free_cpus < cpus
             or s.free_mem < mem
             or (skip and s in skip)
@@ -757,16 +788,24 @@ def _lookahead(
         if static2 + upper < best:
             break
         if (
-            (gpus and (s2.free.get(typed, 0) if typed else s2.max_free) < gpus)
+            not s2.accepting
+            or (gpus and (s2.avail.get(typed, 0) if typed else s2.max_avail) < gpus)
             or s2.free_cpus < cpus
             or s2.free_mem < mem
             or (k.skip and s2 in k.skip)
         ):
             continue
         seen += 1
-        if typed or not gpus:
+        if typed:
             # the exact score if it fits: only a winner is worth the full checks
-            score = static2 + pw * _packing(s2, k, typed)
+            total = s2.total[typed]
+            score = static2 + pw * ((total - s2.free[typed] + gpus) / total)
+            if score < best or (score == best and s2.site_id > best_site.site_id):
+                if seen >= lookahead:
+                    break
+                continue
+        elif not gpus:
+            score = static2 + pw * _packing(s2, k, "")
             if score < best or (score == best and s2.site_id > best_site.site_id):
                 if seen >= lookahead:
                     break
@@ -801,12 +840,27 @@ def _why(k: _Key, t: _Tenant) -> str:
 class DefaultPolicy:
     """The federation's scheduling policy (see the module docstring)."""
 
-    packing_lookahead: int = 8
+    packing_lookahead: int = 4
     """Most feasible sites after the first one compared on exact score (packing); 0 turns the
     packing term into a pure reporting term (first feasible site by static score wins)."""
+    pause_gc: bool = True
+    """Pause Python's cyclic garbage collector while a cycle runs. A cycle allocates tens of
+    thousands of short-lived objects but no reference cycles, and the full collections those
+    allocations trigger walk the whole heap (the snapshot, and whatever else the process holds):
+    on a busy scheduler that can cost more than the cycle itself. The collector's previous state
+    is restored afterwards; results do not depend on this."""
 
     def place(self, snapshot: Snapshot) -> PlacementResult:
         """Decide one cycle: placements, preemptions, unschedulable jobs and waiting reasons."""
+        if not (self.pause_gc and gc.isenabled()):
+            return self._place(snapshot)
+        gc.disable()
+        try:
+            return self._place(snapshot)
+        finally:
+            gc.enable()
+
+    def _place(self, snapshot: Snapshot) -> PlacementResult:
         cyc = _Cycle(snapshot)
         unschedulable: list[tuple[str, int, str]] = []
         tiers = _queue(cyc, snapshot.jobs, unschedulable)
@@ -828,7 +882,8 @@ class DefaultPolicy:
             while heap:
                 name = heap[0][3]
                 q = queues[name]
-                job, k = q.pop()[3:]
+                entry = q.pop()
+                job, k = entry[3], entry[4]
                 t = tenants[name]
                 gpus = k.gpus
                 if gpus and t.quota_room is not None and gpus > t.quota_room:
@@ -844,11 +899,10 @@ class DefaultPolicy:
                     score, s, gt = found
                     draw = 0
                     if gpus:
-                        free = s.free
-                        free[gt] -= gpus
-                        s.max_free = max(free.values())
+                        s.free[gt] -= gpus
                         draw = gpus * s.watts.get(gt, 0)
                         s.power_room -= draw
+                        s.refresh()
                         if s.surplus_room is not None and k.country not in s.home:
                             s.surplus_room -= gpus
                         t.gpus += gpus
@@ -868,7 +922,7 @@ class DefaultPolicy:
                 else:
                     heappop(heap)
         preemptions: list[Preemption] = []
-        if left:
+        if left and (snapshot.running or any(map(_releasing, snapshot.sites))):
             _Preemptor(cyc, snapshot, preemptions, waiting).run(left)
         return PlacementResult(decisions, preemptions, unschedulable, waiting)
 
@@ -895,6 +949,16 @@ class DefaultPolicy:
         return Explanation(job.job_id, feasible + others, _never_sentence(job, k, t, sites))
 
 
+def _releasing(v: SiteView) -> bool:
+    """Whether jobs being preempted at ``v`` still hold capacity there."""
+    return bool(
+        v.releasing_cpus > 0
+        or v.releasing_memory_mb > 0
+        or v.releasing_watts > 0
+        or any(n > 0 for n in v.releasing_gpus.values())
+    )
+
+
 _Queued = tuple[float, str, int, JobRequest, _Key]
 
 
@@ -904,11 +968,12 @@ def _queue(
     """The window by (class, home) tier and tenant; jobs no site could ever run go to
     ``unschedulable`` instead."""
     tenant = cyc.tenant
+    known = cyc.tenants
     keys: dict[tuple[object, ...], _Key] = {}
     never_text: dict[tuple[_Key, str], str] = {}
     tiers: dict[tuple[int, bool], dict[str, list[_Queued]]] = {}
     for idx, job in enumerate(jobs):
-        t = tenant(job.tenant)
+        t = known.get(job.tenant) or tenant(job.tenant)
         country = job.tenant_country or t.country
         gpus = job.gpus
         key = (
@@ -951,15 +1016,6 @@ class _Credit:
         self.surplus = 0
         self.victims: list[RunningJob] = []
 
-    def any(self) -> bool:
-        return bool(
-            self.victims
-            or self.cpus > 0
-            or self.mem > 0
-            or self.watts > 0
-            or any(n > 0 for n in self.gpus.values())
-        )
-
 
 _Need = tuple[int, int, int, int, int]
 """Shortfalls: GPUs of the type, CPUs, MiB, watts, surplus GPUs (for a non-home tenant)."""
@@ -976,7 +1032,10 @@ class _Preemptor:
     preemptors reserved) covers the job at some site, reserve it and wait. Pass two: at the
     first site where evicting eligible victims would cover it, evict a minimal set (biggest
     holders of the needed GPU type first, then drop any victim the others make unnecessary),
-    reserve, and wait. The preemptor is not placed this cycle.
+    reserve, and wait. The preemptor is not placed this cycle. Releasing capacity is not
+    assumed to free a surplus offer (whose it was is unknown); an evicted non-home victim is.
+    Reservations also count against the preemptor's quota, so that two preemptors of one tenant
+    do not evict for GPUs its quota would not let both use.
     """
 
     def __init__(
@@ -985,17 +1044,20 @@ class _Preemptor:
         self.cyc = cyc
         self.out = out
         self.waiting = waiting
-        credit = {s.site_id: _Credit(s.view) for s in cyc.sites}
+        credit = {s.site_id: _Credit(s.view) for s in cyc.sites if _releasing(s.view)}
         now, window = snapshot.now, snapshot.preemption_window_seconds
         for v in snapshot.running:
-            c = credit.get(v.site_id)
-            if c is None or v.priority != Priority.SURPLUS:
+            s = cyc.by_id.get(v.site_id)
+            if s is None or v.priority != Priority.SURPLUS:
                 continue
             if v.last_preempted_at is not None and now - v.last_preempted_at < window:
                 continue
+            c = credit.get(v.site_id)
+            if c is None:
+                c = credit[v.site_id] = _Credit(s.view)
             c.victims.append(v)
         self.credit = credit
-        self.sites = [s for s in cyc.ordered if credit[s.site_id].any()]
+        self.sites = sorted((cyc.by_id[site_id] for site_id in credit), key=lambda s: s.order)
 
     def run(self, left: list[tuple[JobRequest, _Key, _Tenant]]) -> None:
         if not self.sites:
@@ -1101,6 +1163,8 @@ class _Preemptor:
                         c.surplus += v.gpus
                     self.out.append(Preemption(v.job_id, v.attempt, s.site_id, job.job_id))
                 self._reserve(s, k, t, gt)
+                if not chosen:  # covered by what is on its way back after all
+                    return f"waiting for preempted jobs at {s.site_id} to stop"
                 return f"preempting {len(chosen)} surplus job(s) at {s.site_id}"
             # not even every eligible victim would do, and victims only get fewer this cycle
             del cands[0]
@@ -1142,9 +1206,6 @@ def _pick(pool: list[RunningJob], need: _Need, gt: str) -> list[RunningJob] | No
 # --------------------------------------------------------------------------- module surface
 
 _DEFAULT = DefaultPolicy()
-
-FirstFit = DefaultPolicy
-"""Transitional alias for the old name, kept while ``orchestrator.scheduler`` still imports it."""
 
 
 def place(snapshot: Snapshot) -> PlacementResult:

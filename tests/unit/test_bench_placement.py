@@ -25,8 +25,10 @@ def test_quick_run_measures_every_pair_and_states_the_goals() -> None:
         assert isinstance(row, Row)
         assert row.window_jobs == min(row.pending, report.window)
         assert row.placed + row.waiting + row.unschedulable == row.window_jobs
-        assert row.cycle_seconds > 0 and row.decisions_per_second > 0 and row.us_per_decision > 0
+        assert row.cycle_seconds > 0 and row.cpu_seconds > 0
+        assert row.decisions_per_second > 0 and row.us_per_decision > 0
         assert row.placed > 0
+        assert len(row.cpu_runs) == report.runs
     names = [g.name for g in report.goals]
     assert names == [
         "cost per decision, 20 vs 3 sites, 50 pending",
@@ -54,6 +56,8 @@ def test_main_prints_a_table_and_writes_json(
         "pending",
         "window_jobs",
         "cycle_seconds",
+        "cpu_seconds",
+        "cpu_runs",
         "decisions_per_second",
         "us_per_decision",
         "placed",

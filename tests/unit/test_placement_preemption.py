@@ -232,3 +232,16 @@ def test_victims_elsewhere_are_not_touched() -> None:
     sites = [narvik(), narvik(site_id="lulea", jurisdiction="SE")]
     result = cycle([want("hi", allowed=frozenset({"NO"}))], sites, [victim("v", site_id="lulea")])
     assert result.preemptions == []
+
+
+def test_a_reservation_counts_against_the_preemptors_quota() -> None:
+    # room in the quota for one more 8-GPU job: one eviction, not two
+    tenants = {"imperial": TenantView("imperial", quota_gpus=16, used_gpus=8)}
+    jobs = [want("a", order=0), want("b", order=1)]
+    result = cycle(jobs, [narvik(total=16, used=16)], [victim("v1"), victim("v2")], tenants)
+    assert evicted(result) == ["v1"]
+    assert result.waiting["b"] == "no capacity: narvik full for 8 x H100"
+    # with room for both, both evict
+    tenants = {"imperial": TenantView("imperial", quota_gpus=24, used_gpus=8)}
+    result = cycle(jobs, [narvik(total=16, used=16)], [victim("v1"), victim("v2")], tenants)
+    assert sorted(evicted(result)) == ["v1", "v2"]
