@@ -9,9 +9,13 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from orchestrator.errors import InvalidSpecError
+
+if TYPE_CHECKING:
+    from orchestrator.scheduler.model import Weights
 
 __all__ = ["ControlPlaneConfig", "RedisConfig", "SchedulerConfig"]
 
@@ -56,6 +60,12 @@ class RedisConfig:
         )
 
 
+def _default_weights() -> Weights:
+    from orchestrator.scheduler.model import Weights  # the scheduler package imports this one
+
+    return Weights()
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """Knobs of the placement loop."""
@@ -68,6 +78,8 @@ class SchedulerConfig:
     """A connected site silent for longer than this gets no new work until heard from."""
     preemption_window_seconds: float = 600.0
     """A job preempted less than this long ago is not preempted again."""
+    weights: Weights = field(default_factory=_default_weights)
+    """Site scoring among feasible sites (home, preferred, renewable, carbon, packing)."""
 
 
 @dataclass(frozen=True)

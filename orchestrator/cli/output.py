@@ -211,7 +211,9 @@ def site_rows(sites: Iterable[types_pb2.SiteStatus]) -> list[list[str]]:
                 s.site.id,
                 s.site.name,
                 s.site.jurisdiction,
-                state_name(s.state, prefix="SITE_STATE_"),
+                "DRAINED"
+                if s.state == types_pb2.SITE_STATE_DRAINING and s.active_jobs == 0
+                else state_name(s.state, prefix="SITE_STATE_"),
                 "yes" if s.connected else "no",
                 gpus,
                 f"{s.power_used_mw:.2f}/{s.site.power_cap_mw:g}",

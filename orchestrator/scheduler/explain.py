@@ -55,6 +55,7 @@ async def explain_job(
         tenants=tenants,
         stale_after=config.site_stale_after_seconds,
         preemption_window_seconds=config.preemption_window_seconds,
+        weights=config.weights,
         with_running=False,
     )
     explanation = (policy or DefaultPolicy()).explain(request, snapshot)

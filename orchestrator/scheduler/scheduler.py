@@ -87,6 +87,7 @@ class Scheduler:
             tenants=tenants,
             stale_after=self.config.site_stale_after_seconds,
             preemption_window_seconds=self.config.preemption_window_seconds,
+            weights=self.config.weights,
         )
         result = self.policy.place(snapshot)
         with tracer.start_as_current_span(

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import Result
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
-from orchestrator.store import JobStore
+from orchestrator.store import Decision, JobStore
 from orchestrator.validation import normalize_site, normalize_spec
 
 Sgctl = Callable[..., Awaitable[Result]]
@@ -64,3 +64,18 @@ async def test_tenants_apply_and_list(sgctl: Sgctl, tmp_path: Path) -> None:
     bad = await sgctl("tenants", "apply", "-f", str(path))
     assert bad.exit_code == 2
     assert "tenants[0].country" in bad.output and "GB" in bad.output
+
+
+async def test_a_draining_site_reports_drained_once_empty(sgctl: Sgctl, store: JobStore) -> None:
+    site = types_pb2.Site(id="narvik", name="Narvik", jurisdiction="NO", cpus=64,
+                          memory_mb=1 << 20, endpoint="127.0.0.1:1")  # fmt: skip
+    await store.register_site(normalize_site(site))
+    job, _ = await store.submit(normalize_spec(types_pb2.JobSpec(name="j", tenant="t",
+                                                                 command=["true"])))  # fmt: skip
+    await store.commit([Decision(job.id, 1, "narvik")])
+    assert (await sgctl("drain", "narvik")).exit_code == 0
+    row = next(line for line in (await sgctl("sites")).output.splitlines() if "narvik" in line)
+    assert "DRAINING" in row
+    await store.cancel(job.id)
+    row = next(line for line in (await sgctl("sites")).output.splitlines() if "narvik" in line)
+    assert "DRAINED" in row
