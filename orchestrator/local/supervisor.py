@@ -47,6 +47,8 @@ class UpOptions:
     """API server address."""
     redis_url: str | None = None
     """An external Redis; None starts an embedded redis-server."""
+    redis_ca_certs: str | None = None
+    """CA bundle to verify an external ``rediss://`` Redis with."""
     ray_address: str | None = None
     """An existing Ray cluster; None starts a local one."""
     dispatchers: int = 2
@@ -165,7 +167,7 @@ async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
             redis_server = LocalRedis(opts.state_dir / "redis")
             redis_url = await asyncio.to_thread(redis_server.start)
         config = ControlPlaneConfig(
-            redis=RedisConfig.from_url(redis_url),
+            redis=RedisConfig.from_url(redis_url, ssl_ca_certs=opts.redis_ca_certs),
             dispatchers=opts.dispatchers,
             api_listen=opts.api_listen,
             ray_address=opts.ray_address,
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         sites_file=ns.sites.resolve(),
         api_listen=ns.api_listen,
         redis_url=ns.redis_url,
+        redis_ca_certs=os.environ.get("SG_REDIS_CA_CERTS") or None,
         ray_address=ns.ray_address,
         dispatchers=ns.dispatchers,
         start_agents=not ns.no_agents,
