@@ -137,7 +137,8 @@ async def test_terminate_stops_the_whole_process_group(
     loop = asyncio.get_running_loop()
     started = loop.time()
     result = await handle.terminate(2.0)
-    assert loop.time() - started < 1.5  # both die on SIGTERM; no need to wait for SIGKILL
+    # both die on SIGTERM: done before the 2 s grace that would lead to SIGKILL
+    assert loop.time() - started < 2.0
     assert result.signal == signal.SIGTERM
     assert result.message == "killed by signal SIGTERM"
     assert not pid_alive(leader)
