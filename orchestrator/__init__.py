@@ -21,6 +21,7 @@ from orchestrator.errors import (
     ServiceUnavailableError,
     SiteNotFoundError,
     StoreUnavailableError,
+    TenantNotFoundError,
     WaitTimeoutError,
 )
 from orchestrator.sdk import AsyncClient, AsyncJob, Client, Job
@@ -46,6 +47,7 @@ __all__ = [
     "ServiceUnavailableError",
     "SiteNotFoundError",
     "StoreUnavailableError",
+    "TenantNotFoundError",
     "WaitTimeoutError",
     "load_job_file",
 ]

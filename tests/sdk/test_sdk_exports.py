@@ -33,6 +33,7 @@ def test_top_level_exports() -> None:
             "ServiceUnavailableError",
             "SiteNotFoundError",
             "StoreUnavailableError",
+            "TenantNotFoundError",
             "WaitTimeoutError",
             "load_job_file",
         ]
