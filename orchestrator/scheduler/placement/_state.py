@@ -39,6 +39,15 @@ _MAX_NAMES = 8
 # --------------------------------------------------------------------------- per-cycle state
 
 
+#: ``_Site`` slots built on first use (see ``_Site.__getattr__``).
+_LAZY = frozenset(
+    {
+        "types", "max_pool", "free", "free_cpus", "free_mem", "watts", "cap", "power_room",
+        "surplus_limit", "surplus_room", "avail", "max_avail",
+    }
+)  # fmt: skip
+
+
 class _Site:
     """A site's mutable state for one cycle (free capacity shrinks as jobs are placed)."""
 
@@ -71,11 +80,33 @@ class _Site:
     )
 
     def __init__(self, v: SiteView, w: Weights) -> None:
+        # What ordering and fair share need for every site, set now; the capacity state is
+        # built on first use (``__getattr__``), so a cycle pays only for the sites it touches.
         self.view = v
         self.site_id = v.site_id
         self.jurisdiction = v.jurisdiction
         self.accepting = v.accepting
-        total = self.total = v.total_gpus
+        self.total = v.total_gpus
+        self.total_cpus = v.total_cpus
+        self.total_mem = v.total_memory_mb
+        self.home = v.home_countries
+        pol = v.policy
+        self.allow_countries = pol.allowed_tenant_countries
+        self.allow_tenants = pol.allowed_tenants
+        self.restricted = bool(pol.allowed_tenant_countries or pol.allowed_tenants)
+        self.base = w.renewable * v.renewable_share - w.carbon * v.carbon_intensity
+        self.order = 0
+
+    def __getattr__(self, name: str) -> object:
+        # Called only for a slot not yet set: build the capacity state once, then answer.
+        if name not in _LAZY:
+            raise AttributeError(name)
+        self._load()
+        return object.__getattribute__(self, name)
+
+    def _load(self) -> None:
+        v = self.view
+        total = self.total
         used = v.used_gpus
         if total:
             self.types = sorted([t for t, n in total.items() if n > 0])
@@ -83,24 +114,13 @@ class _Site:
             self.free = {t: n - used.get(t, 0) for t, n in total.items()}
         else:
             self.types, self.max_pool, self.free = [], 0, {}
-        self.total_cpus = v.total_cpus
-        self.total_mem = v.total_memory_mb
         self.free_cpus = v.total_cpus - v.used_cpus
         self.free_mem = v.total_memory_mb - v.used_memory_mb
         self.watts = v.gpu_watts
         cap = self.cap = v.power_cap_watts
         self.power_room = _NO_LIMIT if cap is None else cap - v.used_watts
-        home = self.home = v.home_countries
-        pol = v.policy
-        self.allow_countries = pol.allowed_tenant_countries
-        self.allow_tenants = pol.allowed_tenants
-        self.restricted = bool(pol.allowed_tenant_countries or pol.allowed_tenants)
-        limit = self.surplus_limit = pol.surplus_gpus if home else None
+        limit = self.surplus_limit = v.policy.surplus_gpus if self.home else None
         self.surplus_room = None if limit is None else limit - v.used_gpus_nonhome
-        self.base = w.renewable * v.renewable_share - w.carbon * v.carbon_intensity
-        self.order = 0
-        self.avail: dict[str, int]
-        self.max_avail: int
         self.refresh()
 
     def refresh(self) -> None:
