@@ -25,10 +25,9 @@ from orchestrator.scheduler.placement._state import (
 )
 
 
-def _fit(s: _Site, k: _Key, t: _Tenant) -> str | int:
-    """The GPU type ``k`` would use at ``s`` now ("" for CPU-only), or the failing reason code."""
-    if not s.accepting:
-        return _STATE
+def _static(s: _Site, k: _Key, t: _Tenant) -> int | None:
+    """The first check ``s`` fails for ``k`` whatever its use (exclusion, residency, policy,
+    GPU type, size), or None. Shared by ``_fit`` (now) and ``_never`` (ever)."""
     if k.excluded and s.site_id in k.excluded:
         return _EXCLUDED
     if k.allowed and s.jurisdiction not in k.allowed:
@@ -50,6 +49,18 @@ def _fit(s: _Site, k: _Key, t: _Tenant) -> str | int:
             return _TOO_LARGE
     if s.total_cpus < k.cpus or s.total_mem < k.mem:
         return _TOO_LARGE
+    return None
+
+
+def _fit(s: _Site, k: _Key, t: _Tenant) -> str | int:
+    """The GPU type ``k`` would use at ``s`` now ("" for CPU-only), or the failing reason code."""
+    if not s.accepting:
+        return _STATE
+    static = _static(s, k, t)
+    if static is not None:
+        return static
+    gpus = k.gpus
+    gt = k.gpu_type
     if not gpus:
         if s.free_cpus < k.cpus or s.free_mem < k.mem:
             return _CAPACITY
@@ -86,27 +97,10 @@ def _never(s: _Site, k: _Key, t: _Tenant, *, overall: bool = True) -> int | None
 
     ``overall=False`` leaves out the tenant's overall quota (checked per job by ``place``, as
     tenants without per-site rules share keys)."""
-    if k.excluded and s.site_id in k.excluded:
-        return _EXCLUDED
-    if k.allowed and s.jurisdiction not in k.allowed:
-        return _RESIDENCY
-    if s.restricted and t.name not in s.allow_tenants and k.country not in s.allow_countries:
-        return _POLICY
+    static = _static(s, k, t)
+    if static is not None:
+        return static
     gpus = k.gpus
-    gt = k.gpu_type
-    if gpus:
-        if gt:
-            total = s.total.get(gt, 0)
-            if total <= 0:
-                return _GPU_TYPE
-            if total < gpus:
-                return _TOO_LARGE
-        elif not s.types:
-            return _GPU_TYPE
-        elif s.max_pool < gpus:
-            return _TOO_LARGE
-    if s.total_cpus < k.cpus or s.total_mem < k.mem:
-        return _TOO_LARGE
     if not gpus:
         return None
     if overall and t.quota is not None and gpus > t.quota:
