@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server per test session (fresh key prefix per test)."""
+"""Shared fixtures: a real redis-server per test session (fresh key prefix per test), and a
+real ApiServer on loopback over it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.api import ApiServer
 from orchestrator.config import RedisConfig
 from orchestrator.store import JobStore, LocalRedis
 
@@ -42,3 +44,14 @@ async def store(redis_config: RedisConfig) -> AsyncIterator[JobStore]:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture
+async def api(store: JobStore) -> AsyncIterator[ApiServer]:
+    """A real ApiServer on a free loopback port, over the test's store."""
+    server = ApiServer(store)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from orchestrator.processes import pid_alive
 
 __all__ = ["UpState", "pid_alive", "read_state", "state_path", "write_state"]
 
@@ -51,18 +52,3 @@ def read_state(state_dir: Path) -> UpState | None:
         return UpState(**data)
     except (OSError, ValueError, TypeError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (and is not a zombie we could reap)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True

@@ -23,6 +23,7 @@ from pathlib import Path
 from orchestrator.config import ControlPlaneConfig, RedisConfig
 from orchestrator.controlplane import ControlPlane
 from orchestrator.local.state import UpState, state_path, write_state
+from orchestrator.processes import stop_process
 from orchestrator.sitefile import SiteConfig, load_site_file
 from orchestrator.store import JobStore, LocalRedis
 from orchestrator.tenantfile import load_tenant_file
@@ -134,17 +135,6 @@ async def _wait_connected(store: JobStore, site_ids: list[str], progress: _Progr
         await asyncio.sleep(0.1)
 
 
-def _stop_process(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
     """Start everything, write the state file, wait for ``stop``, stop everything."""
     from orchestrator.api.server import ApiServer
@@ -219,7 +209,7 @@ async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
         for proc, _ in agents.values():
             proc.terminate()
         for proc, _ in agents.values():
-            await asyncio.to_thread(_stop_process, proc, timeout=15)
+            await asyncio.to_thread(stop_process, proc, timeout=15)
         if api is not None:
             await api.stop(grace=3)
         if control_plane is not None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from orchestrator.processes import stop_process
+
 __all__ = ["LocalRedis", "find_redis_server", "free_port"]
 
 log = logging.getLogger(__name__)
@@ -120,14 +122,9 @@ class LocalRedis:
     def stop(self, *, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL)."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=timeout)
         if proc.stderr:
             proc.stderr.close()
 

@@ -1,4 +1,4 @@
-"""A real ApiServer on loopback (over the session's Redis) and a real AsyncClient to it."""
+"""A real AsyncClient to the shared ApiServer fixture (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ import pytest
 
 from orchestrator.api import ApiServer
 from orchestrator.sdk import AsyncClient
-from orchestrator.store import JobStore
-
-
-@pytest.fixture
-async def api(store: JobStore) -> AsyncIterator[ApiServer]:
-    server = ApiServer(store)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(0)
 
 
 @pytest.fixture

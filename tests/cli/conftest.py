@@ -6,26 +6,15 @@ The server runs in the test's event loop; each CLI invocation runs in a worker t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from click.testing import CliRunner, Result
 
 from orchestrator.api import ApiServer
 from orchestrator.cli import cli
-from orchestrator.store import JobStore
 
 Sgctl = Callable[..., Awaitable[Result]]
-
-
-@pytest.fixture
-async def api(store: JobStore) -> AsyncIterator[ApiServer]:
-    server = ApiServer(store)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(0)
 
 
 @pytest.fixture
