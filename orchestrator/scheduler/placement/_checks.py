@@ -110,7 +110,7 @@ def _never(s: _Site, k: _Key, t: _Tenant, *, overall: bool = True) -> int | None
         return _QUOTA
     if s.surplus_limit is not None and gpus > s.surplus_limit and k.country not in s.home:
         return _SURPLUS
-    if s.cap is not None and not any(gpus * s.watts.get(x, 0) <= s.cap for x in _types_for(s, k)):
+    if s.cap is not None and (s.capped.get(k.gpu_type, 0) if k.gpu_type else s.max_capped) < gpus:
         return _POWER
     return None
 

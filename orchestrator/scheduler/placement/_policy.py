@@ -33,7 +33,7 @@ from orchestrator.scheduler.placement._state import (
     _country,
     _Key,
     _releasing,
-    _Site,
+    _sites,
     _Tenant,
 )
 
@@ -143,7 +143,7 @@ class DefaultPolicy:
     def explain(self, job: JobRequest, snapshot: Snapshot) -> Explanation:
         """Every site's verdict on ``job`` now: feasible ones by score, then the rest by id."""
         w = snapshot.weights
-        sites = [_Site(v, w) for v in snapshot.sites]
+        sites = _sites(snapshot.sites, w)
         t = _Tenant(job.tenant, snapshot.tenants.get(job.tenant))
         k = _Key(job, _country(job, t))
         feasible: list[SiteVerdict] = []
@@ -233,4 +233,4 @@ def never_reason(
     w = Weights()
     t = _Tenant(job.tenant, (tenants or {}).get(job.tenant))
     k = _Key(job, _country(job, t))
-    return _never_sentence(job, k, t, [_Site(v, w) for v in sites])
+    return _never_sentence(job, k, t, _sites(sites, w))

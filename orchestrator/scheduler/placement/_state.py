@@ -5,6 +5,8 @@ Part of ``orchestrator.scheduler.placement``; see its docstring for how a cycle 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from orchestrator.scheduler.model import (
     JobRequest,
     Reason,
@@ -42,8 +44,10 @@ _MAX_NAMES = 8
 #: ``_Site`` slots built on first use (see ``_Site.__getattr__``).
 _LAZY = frozenset(
     {
-        "types", "max_pool", "free", "free_cpus", "free_mem", "watts", "cap", "power_room",
-        "surplus_limit", "surplus_room", "avail", "max_avail",
+        "accepting", "allow_countries", "allow_tenants", "restricted", "total_cpus",
+        "total_mem", "types", "max_pool", "free", "free_cpus", "free_mem", "watts", "cap",
+        "power_room", "capped", "max_capped", "surplus_limit", "surplus_room", "avail",
+        "max_avail",
     }
 )  # fmt: skip
 
@@ -58,12 +62,14 @@ class _Site:
         "avail",
         "base",
         "cap",
+        "capped",
         "free",
         "free_cpus",
         "free_mem",
         "home",
         "jurisdiction",
         "max_avail",
+        "max_capped",
         "max_pool",
         "order",
         "power_room",
@@ -79,22 +85,15 @@ class _Site:
         "watts",
     )
 
-    def __init__(self, v: SiteView, w: Weights) -> None:
-        # What ordering and fair share need for every site, set now; the capacity state is
-        # built on first use (``__getattr__``), so a cycle pays only for the sites it touches.
+    def __init__(self, v: SiteView, base: float) -> None:
+        # What ordering needs for every site, set now; the rest is built on first use
+        # (``__getattr__``), so a cycle pays only for the sites it touches.
         self.view = v
         self.site_id = v.site_id
         self.jurisdiction = v.jurisdiction
-        self.accepting = v.accepting
         self.total = v.total_gpus
-        self.total_cpus = v.total_cpus
-        self.total_mem = v.total_memory_mb
         self.home = v.home_countries
-        pol = v.policy
-        self.allow_countries = pol.allowed_tenant_countries
-        self.allow_tenants = pol.allowed_tenants
-        self.restricted = bool(pol.allowed_tenant_countries or pol.allowed_tenants)
-        self.base = w.renewable * v.renewable_share - w.carbon * v.carbon_intensity
+        self.base = base
         self.order = 0
 
     def __getattr__(self, name: str) -> object:
@@ -106,20 +105,36 @@ class _Site:
 
     def _load(self) -> None:
         v = self.view
+        self.accepting = v.accepting
+        pol = v.policy
+        self.allow_countries = pol.allowed_tenant_countries
+        self.allow_tenants = pol.allowed_tenants
+        self.restricted = bool(pol.allowed_tenant_countries or pol.allowed_tenants)
+        self.total_cpus = v.total_cpus
+        self.total_mem = v.total_memory_mb
         total = self.total
         used = v.used_gpus
+        watts = self.watts = v.gpu_watts
+        cap = self.cap = v.power_cap_watts
         if total:
             self.types = sorted([t for t, n in total.items() if n > 0])
             self.max_pool = max(total.values())
             self.free = {t: n - used.get(t, 0) for t, n in total.items()}
         else:
             self.types, self.max_pool, self.free = [], 0, {}
+        # GPUs of each type the site could run at once under its power cap alone (never more
+        # than it has): what ``_never`` checks a job's size against.
+        if cap is None:
+            self.capped = total
+        else:
+            self.capped = {
+                t: min(n, cap // watts[t]) if watts.get(t) else n for t, n in total.items()
+            }
+        self.max_capped = max(self.capped.values()) if self.capped else 0
         self.free_cpus = v.total_cpus - v.used_cpus
         self.free_mem = v.total_memory_mb - v.used_memory_mb
-        self.watts = v.gpu_watts
-        cap = self.cap = v.power_cap_watts
         self.power_room = _NO_LIMIT if cap is None else cap - v.used_watts
-        limit = self.surplus_limit = v.policy.surplus_gpus if self.home else None
+        limit = self.surplus_limit = pol.surplus_gpus if self.home else None
         self.surplus_room = None if limit is None else limit - v.used_gpus_nonhome
         self.refresh()
 
@@ -194,6 +209,7 @@ class _Key:
         "pos",
         "preempt",
         "preferred",
+        "rest",
         "skip",
         "wait_text",
     )
@@ -209,6 +225,8 @@ class _Key:
         self.country = country
         self.ctx: list[_Entry] = []
         """Candidate sites, best static score first; shared between keys, never mutated."""
+        self.rest: list[_Entry] | None = None
+        """All candidates, to walk once ``ctx`` (then only the special sites) is used up."""
         self.pos = 0
         """Candidates before ``pos`` no longer fit this shape (this cycle)."""
         self.skip: set[_Site] | None = None
@@ -222,6 +240,12 @@ class _Key:
 
 _Entry = tuple[float, str, _Site]
 """A candidate site: (minus its static score, its id, the site); sorts best first."""
+
+
+def _sites(views: Sequence[SiteView], w: Weights) -> list[_Site]:
+    """A cycle's sites, each with the static score every job shares."""
+    r, c = w.renewable, w.carbon
+    return [_Site(v, r * v.renewable_share - c * v.carbon_intensity) for v in views]
 
 
 def _country(job: JobRequest, t: _Tenant) -> str:
