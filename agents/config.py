@@ -30,6 +30,10 @@ class AgentConfig:
     """Seconds between SIGTERM and SIGKILL when an attempt is stopped and the cancel gives none."""
     heartbeat_interval_seconds: float = 1.0
     """Seconds between heartbeats when the dispatcher's hello asks for none."""
+    lease_seconds: float = 56.0
+    """Longest the agent keeps running attempts without a lease renewal from the control plane,
+    when the dispatcher's hello names none. Past it the agent stops them itself (self-fencing),
+    so that the control plane can run them elsewhere without overlap."""
     status_batch_max: int = 500
     """Most status updates sent in one ``StatusBatch``."""
     log_chunk_bytes: int = 64 * 1024
@@ -49,6 +53,7 @@ class AgentConfig:
             ("kill_grace_seconds", 0.0),
             ("shutdown_grace_seconds", 0.0),
             ("heartbeat_interval_seconds", 0.001),
+            ("lease_seconds", 0.01),
             ("log_poll_seconds", 0.001),
         ):
             value = getattr(self, name)

@@ -74,8 +74,12 @@ class SchedulerConfig:
     """Most pending jobs read per placement cycle (cycle cost is bounded by this, not the queue)."""
     idle_interval_seconds: float = 0.05
     """Pause between cycles when the last one placed nothing."""
-    site_stale_after_seconds: float = 30.0
+    site_stale_after_seconds: float = 15.0
     """A connected site silent for longer than this gets no new work until heard from."""
+    lost_after_seconds: float = 60.0
+    """A site not heard from for longer than this is declared LOST: its attempts are requeued
+    (attempt + 1) to sites their residency allows. WAN-friendly by default; a site's agent stops
+    its own attempts before this (see ``ControlPlaneConfig.lease_seconds``)."""
     preemption_window_seconds: float = 600.0
     """A job preempted less than this long ago is not preempted again."""
     weights: Weights = field(default_factory=_default_weights)
@@ -109,10 +113,47 @@ class ControlPlaneConfig:
     def from_env(cls, env: Mapping[str, str]) -> ControlPlaneConfig:
         """Read ``SG_*`` variables; unset ones keep their defaults."""
         base = cls()
+        scheduler = SchedulerConfig()
+        if env.get("SG_LOST_AFTER"):
+            scheduler = dataclasses.replace(
+                scheduler, lost_after_seconds=_seconds(env, "SG_LOST_AFTER")
+            )
         return cls(
             redis=RedisConfig.from_env(env),
+            scheduler=scheduler,
             dispatchers=int(env.get("SG_DISPATCHERS", base.dispatchers)),
             api_listen=env.get("SG_API_LISTEN", base.api_listen),
             ray_address=env.get("SG_RAY_ADDRESS") or None,
             state_dir=Path(env.get("SG_STATE_DIR", str(base.state_dir))),
         )
+
+    def __post_init__(self) -> None:
+        lost = self.scheduler.lost_after_seconds
+        floor = self.kill_grace_seconds + 2 * self.heartbeat_interval_seconds
+        if lost <= floor:
+            raise InvalidSpecError(
+                "lost_after_seconds",
+                f"must exceed the kill grace plus two heartbeats ({floor:g}s), got {lost:g}",
+            )
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long an agent keeps running attempts without hearing that the control plane
+        recorded its heartbeat: short enough that its processes are gone (kill grace included)
+        before the site is declared lost and the attempts are run elsewhere."""
+        return (
+            self.scheduler.lost_after_seconds
+            - self.kill_grace_seconds
+            - self.heartbeat_interval_seconds
+        )
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float:
+    raw = env[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidSpecError(name, f"must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise InvalidSpecError(name, f"must be a positive number of seconds, got {raw!r}")
+    return value

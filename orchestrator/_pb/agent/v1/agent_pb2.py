@@ -27,7 +27,7 @@ from orchestrator._pb.orchestrator.v1 import types_pb2 as orchestrator_dot_v1_do
 from orchestrator._pb.orchestrator.v1 import service_pb2 as orchestrator_dot_v1_dot_service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61gent/v1/agent.proto\x12\x08\x61gent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1borchestrator/v1/types.proto\x1a\x1dorchestrator/v1/service.proto\"Z\n\x0c\x43ontrolHello\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x15\n\rdispatcher_id\x18\x02 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\"|\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.orchestrator.v1.JobSpec\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\x12\x10\n\x08gpu_type\x18\x05 \x01(\t\":\n\rDispatchBatch\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.agent.v1.Assignment\"P\n\x06\x43\x61ncel\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x15\n\rgrace_seconds\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"0\n\x0b\x43\x61ncelBatch\x12!\n\x07\x63\x61ncels\x18\x01 \x03(\x0b\x32\x10.agent.v1.Cancel\"\x19\n\tStatusAck\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\"\xc2\x01\n\x0e\x43ontrolMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.agent.v1.ControlHelloH\x00\x12+\n\x08\x64ispatch\x18\x02 \x01(\x0b\x32\x17.agent.v1.DispatchBatchH\x00\x12\'\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x15.agent.v1.CancelBatchH\x00\x12)\n\nstatus_ack\x18\x04 \x01(\x0b\x32\x13.agent.v1.StatusAckH\x00\x42\x06\n\x04kind\"H\n\x08\x43\x61pacity\x12+\n\tgpus_free\x18\x01 \x03(\x0b\x32\x18.orchestrator.v1.GpuPool\x12\x0f\n\x07running\x18\x02 \x01(\r\"j\n\nAgentHello\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12$\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x12.agent.v1.Capacity\"e\n\rAssignmentAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"1\n\x08\x41\x63kBatch\x12%\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x17.agent.v1.AssignmentAck\"\xcb\x01\n\x0cStatusUpdate\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.orchestrator.v1.JobState\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x15\n\rhas_exit_code\x18\x06 \x01(\x08\x12\x0f\n\x07message\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x0bStatusBatch\x12\'\n\x07updates\x18\x01 \x03(\x0b\x32\x16.agent.v1.StatusUpdate\"[\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x12.agent.v1.Capacity\"\xb4\x01\n\x0c\x41gentMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.agent.v1.AgentHelloH\x00\x12\"\n\x04\x61\x63ks\x18\x02 \x01(\x0b\x32\x12.agent.v1.AckBatchH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.agent.v1.StatusBatchH\x00\x12(\n\theartbeat\x18\x04 \x01(\x0b\x32\x13.agent.v1.HeartbeatH\x00\x42\x06\n\x04kind\"n\n\x0fReadLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12*\n\x06stream\x18\x04 \x01(\x0e\x32\x1a.orchestrator.v1.LogStream2\x93\x01\n\x0c\x41gentService\x12?\n\x07\x43onnect\x12\x18.agent.v1.ControlMessage\x1a\x16.agent.v1.AgentMessage(\x01\x30\x01\x12\x42\n\x08ReadLogs\x12\x19.agent.v1.ReadLogsRequest\x1a\x19.orchestrator.v1.LogChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61gent/v1/agent.proto\x12\x08\x61gent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1borchestrator/v1/types.proto\x1a\x1dorchestrator/v1/service.proto\"q\n\x0c\x43ontrolHello\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x15\n\rdispatcher_id\x18\x02 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\x12\x15\n\rlease_seconds\x18\x04 \x01(\x01\"%\n\x0cLeaseRenewal\x12\x15\n\rheartbeat_seq\x18\x01 \x01(\x04\"-\n\nAttemptRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"y\n\tReconcile\x12\"\n\x04keep\x18\x01 \x03(\x0b\x32\x14.agent.v1.AttemptRef\x12\"\n\x04stop\x18\x02 \x03(\x0b\x32\x14.agent.v1.AttemptRef\x12$\n\x06\x66orget\x18\x03 \x03(\x0b\x32\x14.agent.v1.AttemptRef\"|\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.orchestrator.v1.JobSpec\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\x12\x10\n\x08gpu_type\x18\x05 \x01(\t\":\n\rDispatchBatch\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.agent.v1.Assignment\"P\n\x06\x43\x61ncel\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x15\n\rgrace_seconds\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"0\n\x0b\x43\x61ncelBatch\x12!\n\x07\x63\x61ncels\x18\x01 \x03(\x0b\x32\x10.agent.v1.Cancel\"\x19\n\tStatusAck\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\"\x95\x02\n\x0e\x43ontrolMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.agent.v1.ControlHelloH\x00\x12+\n\x08\x64ispatch\x18\x02 \x01(\x0b\x32\x17.agent.v1.DispatchBatchH\x00\x12\'\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x15.agent.v1.CancelBatchH\x00\x12)\n\nstatus_ack\x18\x04 \x01(\x0b\x32\x13.agent.v1.StatusAckH\x00\x12\'\n\x05lease\x18\x05 \x01(\x0b\x32\x16.agent.v1.LeaseRenewalH\x00\x12(\n\treconcile\x18\x06 \x01(\x0b\x32\x13.agent.v1.ReconcileH\x00\x42\x06\n\x04kind\"H\n\x08\x43\x61pacity\x12+\n\tgpus_free\x18\x01 \x03(\x0b\x32\x18.orchestrator.v1.GpuPool\x12\x0f\n\x07running\x18\x02 \x01(\r\"\xa6\x01\n\nAgentHello\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12$\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x12.agent.v1.Capacity\x12#\n\x04held\x18\x05 \x03(\x0b\x32\x15.agent.v1.HeldAttempt\x12\x15\n\rheartbeat_seq\x18\x06 \x01(\x04\"X\n\x0bHeldAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.orchestrator.v1.JobState\"e\n\rAssignmentAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"1\n\x08\x41\x63kBatch\x12%\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x17.agent.v1.AssignmentAck\"\xcb\x01\n\x0cStatusUpdate\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.orchestrator.v1.JobState\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x15\n\rhas_exit_code\x18\x06 \x01(\x08\x12\x0f\n\x07message\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x0bStatusBatch\x12\'\n\x07updates\x18\x01 \x03(\x0b\x32\x16.agent.v1.StatusUpdate\"h\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x12.agent.v1.Capacity\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\xb4\x01\n\x0c\x41gentMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.agent.v1.AgentHelloH\x00\x12\"\n\x04\x61\x63ks\x18\x02 \x01(\x0b\x32\x12.agent.v1.AckBatchH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.agent.v1.StatusBatchH\x00\x12(\n\theartbeat\x18\x04 \x01(\x0b\x32\x13.agent.v1.HeartbeatH\x00\x42\x06\n\x04kind\"n\n\x0fReadLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12*\n\x06stream\x18\x04 \x01(\x0e\x32\x1a.orchestrator.v1.LogStream2\x93\x01\n\x0c\x41gentService\x12?\n\x07\x43onnect\x12\x18.agent.v1.ControlMessage\x1a\x16.agent.v1.AgentMessage(\x01\x30\x01\x12\x42\n\x08ReadLogs\x12\x19.agent.v1.ReadLogsRequest\x1a\x19.orchestrator.v1.LogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,37 +35,45 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent.v1.agent_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONTROLHELLO']._serialized_start=127
-  _globals['_CONTROLHELLO']._serialized_end=217
-  _globals['_ASSIGNMENT']._serialized_start=219
-  _globals['_ASSIGNMENT']._serialized_end=343
-  _globals['_DISPATCHBATCH']._serialized_start=345
-  _globals['_DISPATCHBATCH']._serialized_end=403
-  _globals['_CANCEL']._serialized_start=405
-  _globals['_CANCEL']._serialized_end=485
-  _globals['_CANCELBATCH']._serialized_start=487
-  _globals['_CANCELBATCH']._serialized_end=535
-  _globals['_STATUSACK']._serialized_start=537
-  _globals['_STATUSACK']._serialized_end=562
-  _globals['_CONTROLMESSAGE']._serialized_start=565
-  _globals['_CONTROLMESSAGE']._serialized_end=759
-  _globals['_CAPACITY']._serialized_start=761
-  _globals['_CAPACITY']._serialized_end=833
-  _globals['_AGENTHELLO']._serialized_start=835
-  _globals['_AGENTHELLO']._serialized_end=941
-  _globals['_ASSIGNMENTACK']._serialized_start=943
-  _globals['_ASSIGNMENTACK']._serialized_end=1044
-  _globals['_ACKBATCH']._serialized_start=1046
-  _globals['_ACKBATCH']._serialized_end=1095
-  _globals['_STATUSUPDATE']._serialized_start=1098
-  _globals['_STATUSUPDATE']._serialized_end=1301
-  _globals['_STATUSBATCH']._serialized_start=1303
-  _globals['_STATUSBATCH']._serialized_end=1357
-  _globals['_HEARTBEAT']._serialized_start=1359
-  _globals['_HEARTBEAT']._serialized_end=1450
-  _globals['_AGENTMESSAGE']._serialized_start=1453
-  _globals['_AGENTMESSAGE']._serialized_end=1633
-  _globals['_READLOGSREQUEST']._serialized_start=1635
-  _globals['_READLOGSREQUEST']._serialized_end=1745
-  _globals['_AGENTSERVICE']._serialized_start=1748
-  _globals['_AGENTSERVICE']._serialized_end=1895
+  _globals['_CONTROLHELLO']._serialized_end=240
+  _globals['_LEASERENEWAL']._serialized_start=242
+  _globals['_LEASERENEWAL']._serialized_end=279
+  _globals['_ATTEMPTREF']._serialized_start=281
+  _globals['_ATTEMPTREF']._serialized_end=326
+  _globals['_RECONCILE']._serialized_start=328
+  _globals['_RECONCILE']._serialized_end=449
+  _globals['_ASSIGNMENT']._serialized_start=451
+  _globals['_ASSIGNMENT']._serialized_end=575
+  _globals['_DISPATCHBATCH']._serialized_start=577
+  _globals['_DISPATCHBATCH']._serialized_end=635
+  _globals['_CANCEL']._serialized_start=637
+  _globals['_CANCEL']._serialized_end=717
+  _globals['_CANCELBATCH']._serialized_start=719
+  _globals['_CANCELBATCH']._serialized_end=767
+  _globals['_STATUSACK']._serialized_start=769
+  _globals['_STATUSACK']._serialized_end=794
+  _globals['_CONTROLMESSAGE']._serialized_start=797
+  _globals['_CONTROLMESSAGE']._serialized_end=1074
+  _globals['_CAPACITY']._serialized_start=1076
+  _globals['_CAPACITY']._serialized_end=1148
+  _globals['_AGENTHELLO']._serialized_start=1151
+  _globals['_AGENTHELLO']._serialized_end=1317
+  _globals['_HELDATTEMPT']._serialized_start=1319
+  _globals['_HELDATTEMPT']._serialized_end=1407
+  _globals['_ASSIGNMENTACK']._serialized_start=1409
+  _globals['_ASSIGNMENTACK']._serialized_end=1510
+  _globals['_ACKBATCH']._serialized_start=1512
+  _globals['_ACKBATCH']._serialized_end=1561
+  _globals['_STATUSUPDATE']._serialized_start=1564
+  _globals['_STATUSUPDATE']._serialized_end=1767
+  _globals['_STATUSBATCH']._serialized_start=1769
+  _globals['_STATUSBATCH']._serialized_end=1823
+  _globals['_HEARTBEAT']._serialized_start=1825
+  _globals['_HEARTBEAT']._serialized_end=1929
+  _globals['_AGENTMESSAGE']._serialized_start=1932
+  _globals['_AGENTMESSAGE']._serialized_end=2112
+  _globals['_READLOGSREQUEST']._serialized_start=2114
+  _globals['_READLOGSREQUEST']._serialized_end=2224
+  _globals['_AGENTSERVICE']._serialized_start=2227
+  _globals['_AGENTSERVICE']._serialized_end=2374
 # @@protoc_insertion_point(module_scope)

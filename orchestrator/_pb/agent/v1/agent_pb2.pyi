@@ -36,26 +36,122 @@ class ControlHello(_message.Message):
     SITE_ID_FIELD_NUMBER: _builtins.int
     DISPATCHER_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     site_id: _builtins.str
     """Site id the control plane believes it is talking to; the agent refuses a mismatch."""
     dispatcher_id: _builtins.str
     """Identifies the dispatcher instance, for the agent's logs."""
     heartbeat_interval_seconds: _builtins.float
     """Seconds between heartbeats the control plane wants."""
+    lease_seconds: _builtins.float
+    """How long the agent may keep running attempts without a LeaseRenewal; past it the agent
+    stops them itself (self-fencing). 0 means the agent's own default.
+    """
     def __init__(
         self,
         *,
         site_id: _builtins.str = ...,
         dispatcher_id: _builtins.str = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
+        lease_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatcher_id", b"dispatcher_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "site_id", b"site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatcher_id", b"dispatcher_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "lease_seconds", b"lease_seconds", "site_id", b"site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ControlHello: _TypeAlias = ControlHello  # noqa: Y015
+
+@_typing.final
+class LeaseRenewal(_message.Message):
+    """The control plane has durably recorded the agent's heartbeat (or hello) with this sequence
+    number: the agent's lease runs lease_seconds from when it sent that message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEARTBEAT_SEQ_FIELD_NUMBER: _builtins.int
+    heartbeat_seq: _builtins.int
+    """Sequence number of the heartbeat (or hello) recorded."""
+    def __init__(
+        self,
+        *,
+        heartbeat_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seq", b"heartbeat_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRenewal: _TypeAlias = LeaseRenewal  # noqa: Y015
+
+@_typing.final
+class AttemptRef(_message.Message):
+    """One attempt, named."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Job id."""
+    attempt: _builtins.int
+    """Attempt number."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttemptRef: _TypeAlias = AttemptRef  # noqa: Y015
+
+@_typing.final
+class Reconcile(_message.Message):
+    """The control plane's answer to the attempts an agent holds when a stream opens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    FORGET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keep(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptRef]:
+        """Attempts the control plane still wants here: keep running them."""
+
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptRef]:
+        """Attempts the control plane no longer wants here (moved elsewhere, cancelled, unknown):
+        stop them; anything they report is rejected.
+        """
+
+    @_builtins.property
+    def forget(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptRef]:
+        """Ended attempts whose outcome the control plane already has (or no longer needs): drop
+        their unacknowledged status updates.
+        """
+
+    def __init__(
+        self,
+        *,
+        keep: _abc.Iterable[Global___AttemptRef] | None = ...,
+        stop: _abc.Iterable[Global___AttemptRef] | None = ...,
+        forget: _abc.Iterable[Global___AttemptRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forget", b"forget", "keep", b"keep", "stop", b"stop"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reconcile: _TypeAlias = Reconcile  # noqa: Y015
 
 @_typing.final
 class Assignment(_message.Message):
@@ -213,6 +309,8 @@ class ControlMessage(_message.Message):
     DISPATCH_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     STATUS_ACK_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    RECONCILE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___ControlHello:
         """First message on every stream."""
@@ -229,6 +327,14 @@ class ControlMessage(_message.Message):
     def status_ack(self) -> Global___StatusAck:
         """Status updates recorded; the agent may forget them."""
 
+    @_builtins.property
+    def lease(self) -> Global___LeaseRenewal:
+        """The agent's lease is renewed."""
+
+    @_builtins.property
+    def reconcile(self) -> Global___Reconcile:
+        """What to do with the attempts the agent said it holds."""
+
     def __init__(
         self,
         *,
@@ -236,12 +342,14 @@ class ControlMessage(_message.Message):
         dispatch: Global___DispatchBatch | None = ...,
         cancel: Global___CancelBatch | None = ...,
         status_ack: Global___StatusAck | None = ...,
+        lease: Global___LeaseRenewal | None = ...,
+        reconcile: Global___Reconcile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "dispatch", b"dispatch", "hello", b"hello", "kind", b"kind", "status_ack", b"status_ack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "dispatch", b"dispatch", "hello", b"hello", "kind", b"kind", "lease", b"lease", "reconcile", b"reconcile", "status_ack", b"status_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "dispatch", b"dispatch", "hello", b"hello", "kind", b"kind", "status_ack", b"status_ack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "dispatch", b"dispatch", "hello", b"hello", "kind", b"kind", "lease", b"lease", "reconcile", b"reconcile", "status_ack", b"status_ack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "dispatch", "cancel", "status_ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "dispatch", "cancel", "status_ack", "lease", "reconcile"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -285,15 +393,25 @@ class AgentHello(_message.Message):
     JURISDICTION_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_SEQ_FIELD_NUMBER: _builtins.int
     site_id: _builtins.str
     """The agent's site id."""
     jurisdiction: _builtins.str
     """The agent's jurisdiction, for checking against the registry."""
     version: _builtins.str
     """Agent software version."""
+    heartbeat_seq: _builtins.int
+    """Sequence number of this hello as a heartbeat (the first LeaseRenewal may name it)."""
     @_builtins.property
     def capacity(self) -> Global___Capacity:
         """Capacity right now."""
+
+    @_builtins.property
+    def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldAttempt]:
+        """Every attempt the agent holds: running or starting, or ended with a status update not yet
+        acknowledged.
+        """
 
     def __init__(
         self,
@@ -302,14 +420,46 @@ class AgentHello(_message.Message):
         jurisdiction: _builtins.str = ...,
         version: _builtins.str = ...,
         capacity: Global___Capacity | None = ...,
+        held: _abc.Iterable[Global___HeldAttempt] | None = ...,
+        heartbeat_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "jurisdiction", b"jurisdiction", "site_id", b"site_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "heartbeat_seq", b"heartbeat_seq", "held", b"held", "jurisdiction", b"jurisdiction", "site_id", b"site_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentHello: _TypeAlias = AgentHello  # noqa: Y015
+
+@_typing.final
+class HeldAttempt(_message.Message):
+    """An attempt the agent holds, reported when a stream opens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Job id."""
+    attempt: _builtins.int
+    """Attempt number."""
+    state: _types_pb2.JobState.ValueType
+    """DISPATCHED (accepted, not started yet), RUNNING, or the terminal state (or LOST) it ended in."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        state: _types_pb2.JobState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldAttempt: _TypeAlias = HeldAttempt  # noqa: Y015
 
 @_typing.final
 class AssignmentAck(_message.Message):
@@ -394,7 +544,9 @@ class StatusUpdate(_message.Message):
     attempt: _builtins.int
     """Attempt number."""
     state: _types_pb2.JobState.ValueType
-    """New state: RUNNING, SUCCEEDED, FAILED or CANCELLED."""
+    """New state: RUNNING, SUCCEEDED, FAILED, CANCELLED, or LOST when the agent stopped the
+    attempt itself because its lease ran out (not the job's failure).
+    """
     exit_code: _builtins.int
     """Exit code, when has_exit_code is set."""
     has_exit_code: _builtins.bool
@@ -457,6 +609,9 @@ class Heartbeat(_message.Message):
 
     TIME_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Agent-local sequence number, increasing; echoed by LeaseRenewal."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Agent's clock when sent."""
@@ -470,10 +625,11 @@ class Heartbeat(_message.Message):
         *,
         time: _timestamp_pb2.Timestamp | None = ...,
         capacity: Global___Capacity | None = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "seq", b"seq", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
