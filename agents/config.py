@@ -72,6 +72,12 @@ class AgentConfig:
         return self.state_dir / "journal.sqlite3"
 
     @property
+    def lease_path(self) -> Path:
+        """The end of the agent's lease (epoch seconds): read by a restarted agent, and by each
+        attempt's launch shim, which stops the job if the agent cannot when the lease ends."""
+        return self.state_dir / "lease"
+
+    @property
     def attempts_dir(self) -> Path:
         """Parent of each attempt's directory (output files and working directory)."""
         return self.state_dir / "attempts"

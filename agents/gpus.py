@@ -72,6 +72,21 @@ class _Pool:
         self.allocated.update(slots)
         return tuple(sorted(slots))
 
+    def claim(self, slots: Iterable[int]) -> None:
+        slots = list(slots)
+        bad = [slot for slot in slots if not 0 <= slot < self.count or slot in self.allocated]
+        if bad or len(set(slots)) != len(slots):
+            raise ValueError(f"GPU slots {bad or slots} cannot be claimed")
+        for slot in sorted(slots):
+            if slot >= self.high_water:
+                for free in range(self.high_water, slot):
+                    heapq.heappush(self.returned, free)
+                self.high_water = slot + 1
+            else:  # below the high-water mark and not allocated: it is among the returned
+                self.returned.remove(slot)
+                heapq.heapify(self.returned)
+            self.allocated.add(slot)
+
     def give_back(self, slots: Iterable[int]) -> None:
         slots = list(slots)
         missing = [slot for slot in slots if slot not in self.allocated]
@@ -132,6 +147,16 @@ class GpuInventory:
         if pool is None or pool.free < count:
             raise InsufficientGpusError(gpu_type, count, pool.free if pool else 0)
         return GpuAllocation(gpu_type, pool.take(count))
+
+    def claim(self, allocation: GpuAllocation) -> None:
+        """Take exactly ``allocation``'s slots (an attempt re-adopted after a restart keeps the
+        GPUs it runs on). ``ValueError`` if one is out of range or already taken."""
+        if not allocation.slots:
+            return
+        pool = self._pools.get(allocation.gpu_type)
+        if pool is None:
+            raise ValueError(f"unknown GPU type {allocation.gpu_type!r}")
+        pool.claim(allocation.slots)
 
     def release(self, allocation: GpuAllocation) -> None:
         """Return an allocation's slots. Releasing slots that are not allocated is an error."""

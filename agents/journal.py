@@ -8,20 +8,23 @@ reporting it are written in the same transaction, so neither can exist without t
 Tables::
 
     attempts(job_id, attempt, state, dispatched, identity, pid, gpu_type, gpu_slots,
-             accepted_at, started_at, finished_at, exit_code, message)
+             accepted_at, started_at, finished_at, exit_code, message, command, max_runtime)
     outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id, attempt, state, exit_code, message,
            time)
 
 ``seq`` comes from AUTOINCREMENT, so a number is never handed out twice, even after the updates
-holding the highest numbers were acknowledged and deleted.
+holding the highest numbers were acknowledged and deleted. An unfinished attempt's row holds
+what a restarted agent needs to re-adopt its process: identity, start time, GPU slots, command
+and max runtime. Columns added since the first version are added to older files on opening.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     finished_at REAL,
     exit_code   INTEGER,
     message     TEXT    NOT NULL DEFAULT '',
+    command     TEXT    NOT NULL DEFAULT '[]',
+    max_runtime REAL,
     PRIMARY KEY (job_id, attempt)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -60,6 +65,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     time      REAL    NOT NULL
 );
 """
+# Columns added to ``attempts`` after the first version: ALTER TABLE'd into older files.
+_ADDED_COLUMNS = {
+    "command": "TEXT NOT NULL DEFAULT '[]'",
+    "max_runtime": "REAL",
+}
 
 
 class AttemptState(enum.StrEnum):
@@ -75,13 +85,20 @@ class AttemptState(enum.StrEnum):
     """Exited non-zero, was killed, timed out, or could not be started."""
     CANCELLED = "cancelled"
     """Stopped on request, or cancelled before it was ever dispatched here."""
+    LOST = "lost"
+    """Stopped by the agent itself because its lease ran out (not the job's failure)."""
 
     def is_finished(self) -> bool:
         """True once the attempt has ended."""
-        return self in (AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.CANCELLED)
+        return self in _FINISHED
 
+
+_FINISHED = frozenset(
+    {AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.CANCELLED, AttemptState.LOST}
+)
 
 _JOB_STATE = {
+    AttemptState.LOST: JobState.LOST,
     AttemptState.RUNNING: JobState.RUNNING,
     AttemptState.SUCCEEDED: JobState.SUCCEEDED,
     AttemptState.FAILED: JobState.FAILED,
@@ -119,6 +136,10 @@ class AttemptRecord:
     """Exit code, when it exited by itself."""
     message: str
     """Last status message."""
+    command: tuple[str, ...]
+    """Program and arguments (empty for attempts journaled before this was recorded)."""
+    max_runtime_seconds: float | None
+    """Longest the attempt may run, counted from ``started_at``; None for no limit."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +175,7 @@ class Journal:
         # transactions, and then the attempts' processes are gone as well.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        self._add_missing_columns()
 
     @property
     def path(self) -> Path:
@@ -163,6 +185,14 @@ class Journal:
     def close(self) -> None:
         """Close the file. The journal is unusable afterwards."""
         self._conn.close()
+
+    def _add_missing_columns(self) -> None:
+        with _transaction(self._conn):
+            present = {row[1] for row in self._conn.execute("PRAGMA table_info(attempts)")}
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in present:
+                    log.info("journal %s: adding column attempts.%s", self._path, name)
+                    self._conn.execute(f"ALTER TABLE attempts ADD COLUMN {name} {definition}")
 
     # --- attempts --------------------------------------------------------------------------------
 
@@ -191,13 +221,25 @@ class Journal:
         return [_attempt(row) for row in rows]
 
     def record_accepted(
-        self, job_id: str, attempt: int, *, gpu_type: str, gpu_slots: Iterable[int], now: float
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        gpu_type: str,
+        gpu_slots: Iterable[int],
+        now: float,
+        command: Sequence[str] = (),
+        max_runtime_seconds: float | None = None,
     ) -> None:
-        """Record a newly accepted attempt (its GPU slots reserved, not started yet)."""
+        """Record a newly accepted attempt (its GPU slots reserved, not started yet).
+
+        ``command`` and ``max_runtime_seconds`` are kept for re-adopting the attempt's process
+        after a restart.
+        """
         with _transaction(self._conn):
             self._conn.execute(
                 "INSERT INTO attempts (job_id, attempt, state, dispatched, gpu_type, gpu_slots, "
-                "accepted_at) VALUES (?, ?, ?, 1, ?, ?, ?)",
+                "accepted_at, command, max_runtime) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     attempt,
@@ -205,6 +247,8 @@ class Journal:
                     gpu_type,
                     ",".join(map(str, gpu_slots)),
                     now,
+                    json.dumps(list(command)),
+                    max_runtime_seconds,
                 ),
             )
 
@@ -335,13 +379,13 @@ class Journal:
 
 _ATTEMPT_COLUMNS = (
     "job_id, attempt, state, dispatched, identity, pid, gpu_type, gpu_slots, accepted_at, "
-    "started_at, finished_at, exit_code, message"
+    "started_at, finished_at, exit_code, message, command, max_runtime"
 )
 
 
 def _attempt(row: tuple[Any, ...]) -> AttemptRecord:
     (job_id, attempt, state, dispatched, identity, pid, gpu_type, gpu_slots) = row[:8]
-    (accepted_at, started_at, finished_at, exit_code, message) = row[8:]
+    (accepted_at, started_at, finished_at, exit_code, message, command, max_runtime) = row[8:]
     return AttemptRecord(
         job_id=job_id,
         attempt=int(attempt),
@@ -356,6 +400,8 @@ def _attempt(row: tuple[Any, ...]) -> AttemptRecord:
         finished_at=finished_at,
         exit_code=exit_code,
         message=message,
+        command=tuple(json.loads(command)),
+        max_runtime_seconds=max_runtime,
     )
 
 

@@ -21,7 +21,9 @@ then SUCCEEDED, FAILED or CANCELLED; a failure to start is FAILED straight away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -35,9 +37,10 @@ from opentelemetry.trace import Span, StatusCode, Tracer
 from agents.config import AgentConfig
 from agents.executors.base import AttemptHandle, Executor, ExitResult, LaunchError, LaunchSpec
 from agents.gpus import GpuAllocation, GpuInventory, InsufficientGpusError
-from agents.journal import AttemptState, Journal, StatusRecord
+from agents.journal import AttemptRecord, AttemptState, Journal, StatusRecord
 from agents.logs import OutputStream
 from orchestrator.errors import NotFoundError
+from orchestrator.states import JobState
 from orchestrator.tracing import context_from_traceparent, get_tracer, span_traceparent
 
 __all__ = [
@@ -168,6 +171,8 @@ class _Attempt:
     run_span: Span | None = None
     cancel: CancelRequest | None = None
     shutting_down: bool = False
+    fenced: str = ""
+    """Why the agent stopped it on its own (its lease ran out), or ""."""
     task: asyncio.Task[None] | None = None
 
     @property
@@ -198,6 +203,8 @@ class AgentRuntime:
         self._outbox_changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._lease = _Lease(config.lease_seconds, config.lease_path)
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> AgentConfig:
@@ -214,9 +221,13 @@ class AgentRuntime:
     async def open(self) -> None:
         """Open the journal, reload unacked updates, and settle attempts a previous run left.
 
-        Attempts the journal has as running are stopped if anything of them is left (re-adopting
-        them is future work) and reported FAILED "agent restarted; process gone" (or "...; process
-        terminated" when something was still running).
+        The lease the previous run held still counts (from the lease file). An attempt whose
+        process still runs is re-adopted: it goes on as if nothing happened, unless the lease
+        has run out (or none is known), in which case it is stopped and reported LOST. One that
+        ended while no agent watched is reported as it ended, from the executor's record (LOST
+        when there is none, or when it failed after the lease ran out). One the previous run
+        accepted but never started is reported LOST. LOST attempts are run again elsewhere and
+        do not count against the job's attempts.
         """
         if self._journal is not None:
             return
@@ -224,42 +235,109 @@ class AgentRuntime:
         journal = Journal(self._config.journal_path)
         self._journal = journal
         self._closing = False
+        self._lease.load()
         self._outbox = {record.seq: record for record in journal.unacked_status()}
-        leftovers = journal.unfinished_attempts()
-        still_running = await asyncio.gather(
-            *(
-                self._executor.stop_orphan(
-                    record.identity, grace_seconds=self._config.kill_grace_seconds
-                )
-                for record in leftovers
-                if record.state is AttemptState.RUNNING and record.identity
+        for record in journal.unfinished_attempts():
+            await self._settle(record)
+        self._watchdog = asyncio.create_task(self._watch_lease(), name="lease watchdog")
+
+    async def _settle(self, record: AttemptRecord) -> None:
+        """One attempt a previous agent process left unfinished (see ``open``)."""
+        if record.state is not AttemptState.RUNNING or not record.identity:
+            self._record_end(record, AttemptState.LOST, None, "agent restarted before it started")
+            return
+        grace = self._config.kill_grace_seconds
+        if not record.command:  # journaled before commands were: it cannot be re-adopted
+            stopped = await self._executor.stop_orphan(record.identity, grace_seconds=grace)
+            how = "terminated" if stopped else "gone"
+            self._record_end(record, AttemptState.LOST, None, f"agent restarted; process {how}")
+            return
+        spec = self._spec_for(
+            record.job_id,
+            record.attempt,
+            command=record.command,
+            allocation=GpuAllocation(record.gpu_type, record.gpu_slots),
+            max_runtime_seconds=record.max_runtime_seconds,
+            traceparent="",
+        )
+        handle = await self._executor.adopt(record.identity, spec, started_at=record.started_at)
+        if handle is not None:
+            self._readopt(record, handle)
+            return
+        result = await self._executor.finished_result(record.identity, spec)
+        if result is None:
+            self._record_end(
+                record, AttemptState.LOST, None, "agent restarted; process gone, no exit status"
+            )
+            return
+        state = AttemptState.SUCCEEDED if result.succeeded else AttemptState.FAILED
+        message = f"ended while the agent was down; {result.message}"
+        if state is AttemptState.FAILED and self._lease.expired(time.monotonic()):
+            state, message = AttemptState.LOST, f"lease expired; {result.message}"
+        self._record_end(record, state, result.exit_code, message)
+
+    def _readopt(self, record: AttemptRecord, handle: AttemptHandle) -> None:
+        allocation = GpuAllocation(record.gpu_type, record.gpu_slots)
+        self._gpus.claim(allocation)
+        req = AttemptRequest(
+            job_id=record.job_id,
+            attempt=record.attempt,
+            command=record.command,
+            gpus_per_node=len(record.gpu_slots),
+            gpu_type=record.gpu_type,
+            max_runtime_seconds=record.max_runtime_seconds,
+        )
+        span = self._tracer.start_span(
+            "agent.readopt",
+            attributes={
+                "job.id": record.job_id,
+                "job.attempt": record.attempt,
+                "site.id": self._site.id,
+            },
+        )
+        att = _Attempt(
+            request=req,
+            allocation=allocation,
+            directory=self._attempt_dir(record.job_id, record.attempt),
+            accept_span=span,
+            handle=handle,
+            run_span=span,
+        )
+        if not self._lease.valid(time.monotonic()):
+            att.fenced = "agent restarted after its lease ended; stopped by the agent"
+            self._spawn(handle.terminate(self._config.kill_grace_seconds))
+        log.warning(
+            "%s attempt %d: re-adopted after an agent restart (%s)%s",
+            record.job_id, record.attempt, handle.identity, "; stopping it" if att.fenced else "",
+        )  # fmt: skip
+        self._active[att.key] = att
+        att.task = asyncio.create_task(self._follow(att, handle), name=f"follow {att.key}")
+
+    def _record_end(
+        self, record: AttemptRecord, state: AttemptState, exit_code: int | None, message: str
+    ) -> None:
+        log.warning("%s attempt %d: %s", record.job_id, record.attempt, message)
+        self._emit(
+            self._require_journal().record_finished(
+                record.job_id,
+                record.attempt,
+                state=state,
+                exit_code=exit_code,
+                message=message,
+                now=self._clock(),
             )
         )
-        was_running = iter(still_running)
-        for record in leftovers:
-            if record.state is AttemptState.RUNNING and record.identity:
-                message = "agent restarted; process " + (
-                    "terminated" if next(was_running) else "gone"
-                )
-            else:
-                message = "agent restarted before the process started"
-            log.warning("%s attempt %d: %s", record.job_id, record.attempt, message)
-            self._emit(
-                journal.record_finished(
-                    record.job_id,
-                    record.attempt,
-                    state=AttemptState.FAILED,
-                    exit_code=None,
-                    message=message,
-                    now=self._clock(),
-                )
-            )
 
     async def close(self, *, grace_seconds: float | None = None) -> None:
         """Stop every attempt (reported FAILED "agent shutting down"), then close the journal."""
         if self._journal is None:
             return
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         grace = self._grace(grace_seconds)
         attempts = list(self._active.values())
         for att in attempts:
@@ -311,6 +389,10 @@ class AgentRuntime:
             return refuse("invalid assignment: needs a job id and an attempt >= 1")
         if not req.command:
             return refuse("invalid assignment: command is empty")
+        now = time.monotonic()
+        if self._lease.expired(now):
+            return refuse("lease expired: waiting for the control plane to renew it")
+        self._lease.start(now)
         seen = journal.get_attempt(req.job_id, req.attempt)
         if seen is not None:
             if not seen.dispatched:
@@ -343,6 +425,8 @@ class AgentRuntime:
                 gpu_type=allocation.gpu_type,
                 gpu_slots=allocation.slots,
                 now=self._clock(),
+                command=req.command,
+                max_runtime_seconds=req.max_runtime_seconds,
             )
         except BaseException:
             self._gpus.release(allocation)
@@ -397,6 +481,76 @@ class AgentRuntime:
                     req.job_id, req.attempt, message=NOT_RUNNING_HERE, now=self._clock()
                 )
             )
+
+    # --- lease and reconcile ---------------------------------------------------------------------
+
+    def set_lease_seconds(self, seconds: float | None) -> None:
+        """The lease period the control plane asks for (a new stream's hello); None or <= 0
+        keeps the config's."""
+        self._lease.seconds = seconds if seconds and seconds > 0 else self._config.lease_seconds
+
+    def next_heartbeat(self) -> int:
+        """A sequence number for a heartbeat (or hello) about to be sent, its send time noted."""
+        return self._lease.sent(time.monotonic())
+
+    def renew_lease(self, heartbeat_seq: int) -> None:
+        """The control plane recorded heartbeat ``heartbeat_seq``: the lease runs the lease
+        period from when that heartbeat was sent."""
+        self._lease.renewed(heartbeat_seq)
+
+    def lease_remaining(self) -> float | None:
+        """Seconds left on the lease (negative once expired), or None before the first one."""
+        return self._lease.remaining(time.monotonic())
+
+    def held(self) -> list[tuple[str, int, AttemptState]]:
+        """Every attempt this agent holds, for a new stream's hello: accepted or running, and
+        ended ones whose status update is not acknowledged yet (their last state)."""
+        out = {
+            att.key: (
+                AttemptState.RUNNING
+                if att.handle is not None and not att.ended.is_set()
+                else AttemptState.ACCEPTED
+            )
+            for att in self._active.values()
+        }
+        for record in self._outbox.values():
+            key = (record.job_id, record.attempt)
+            if key not in self._active:
+                out[key] = _ATTEMPT_STATE[record.state]
+        return [(job_id, attempt, state) for (job_id, attempt), state in sorted(out.items())]
+
+    def reconcile(
+        self, *, stop: Iterable[tuple[str, int]], forget: Iterable[tuple[str, int]]
+    ) -> None:
+        """Apply the control plane's answer to ``held()``: stop the attempts it no longer
+        wants here (their reports will be rejected), drop the unacknowledged updates of ended
+        attempts it no longer needs."""
+        stale = "the control plane moved this attempt on"
+        self.cancel([CancelRequest(job_id, attempt, None, stale) for job_id, attempt in stop])
+        gone = set(forget)
+        if gone:
+            seqs = [seq for seq, r in self._outbox.items() if (r.job_id, r.attempt) in gone]
+            self.ack_status(seqs)
+
+    async def _watch_lease(self) -> None:
+        """Stop every attempt once the lease runs out (self-fencing): past it the control plane
+        may declare this site lost and run the attempts elsewhere."""
+        while True:
+            remaining = self._lease.remaining(time.monotonic())
+            if remaining is not None and remaining <= 0 and self._active:
+                why = (
+                    f"lease expired: the control plane confirmed no heartbeat for "
+                    f"{self._lease.seconds:g}s; stopped by the agent"
+                )
+                for att in list(self._active.values()):
+                    if att.fenced or att.cancel is not None:
+                        continue
+                    log.warning("%s attempt %d: %s", *att.key, why)
+                    att.fenced = why
+                    if att.handle is not None:
+                        self._spawn(att.handle.terminate(self._config.kill_grace_seconds))
+            step = self._lease.seconds / 20 if remaining is None else remaining
+            await asyncio.sleep(min(max(step, 0.02), 0.25))
 
     # --- status outbox ---------------------------------------------------------------------------
 
@@ -453,9 +607,13 @@ class AgentRuntime:
     async def _run(self, att: _Attempt) -> None:
         req = att.request
         try:
-            if att.cancel is not None or att.shutting_down:
-                state = AttemptState.CANCELLED if att.cancel else AttemptState.FAILED
-                why = "cancelled" if att.cancel else "agent shutting down"
+            if att.cancel is not None or att.shutting_down or att.fenced:
+                if att.fenced:
+                    state, why = AttemptState.LOST, att.fenced
+                elif att.cancel is not None:
+                    state, why = AttemptState.CANCELLED, "cancelled"
+                else:
+                    state, why = AttemptState.FAILED, "agent shutting down"
                 self._finish(att, state, None, f"{why} before start")
                 return
             run_span = self._tracer.start_span(
@@ -485,17 +643,33 @@ class AgentRuntime:
                 )
             )
             log.info("started %s attempt %d (%s)", req.job_id, req.attempt, handle.identity)
-            if att.cancel is not None or att.shutting_down:  # arrived while starting
+            if att.cancel is not None or att.shutting_down or att.fenced:  # came while starting
                 grace = att.cancel.grace_seconds if att.cancel else None
                 self._spawn(handle.terminate(self._grace(grace)))
-            result = await handle.wait()
-            self._finish(att, *self._outcome(att, result))
         except Exception as exc:
             log.exception("%s attempt %d: agent error", req.job_id, req.attempt)
             if att.key in self._active and self._journal is not None:
                 self._finish(att, AttemptState.FAILED, None, f"agent error: {exc}")
+            return
+        await self._follow(att, handle)
+
+    async def _follow(self, att: _Attempt, handle: AttemptHandle) -> None:
+        """Wait for a started (or re-adopted) attempt to end, and record how."""
+        try:
+            result = await handle.wait()
+            self._finish(att, *self._outcome(att, result))
+        except Exception as exc:
+            log.exception("%s attempt %d: agent error", *att.key)
+            if att.key in self._active and self._journal is not None:
+                self._finish(att, AttemptState.FAILED, None, f"agent error: {exc}")
 
     def _outcome(self, att: _Attempt, result: ExitResult) -> tuple[AttemptState, int | None, str]:
+        if att.fenced:
+            return AttemptState.LOST, result.exit_code, f"{att.fenced}; {result.message}"
+        if not result.succeeded and att.cancel is None and self._lease.expired(time.monotonic()):
+            # stopped by its launch shim while this agent could not act (frozen, say)
+            why = "lease expired; stopped before the agent could stop it"
+            return AttemptState.LOST, result.exit_code, f"{why}; {result.message}"
         if att.cancel is not None:
             why = f"cancelled ({att.cancel.reason})" if att.cancel.reason else "cancelled"
             return AttemptState.CANCELLED, result.exit_code, f"{why}; {result.message}"
@@ -532,21 +706,46 @@ class AgentRuntime:
 
     def _launch_spec(self, att: _Attempt, *, traceparent: str) -> LaunchSpec:
         req = att.request
-        return LaunchSpec(
-            job_id=req.job_id,
-            attempt=req.attempt,
-            argv=req.command,
-            env=dict(req.env),
-            working_dir=att.directory / "work",
-            stdout_path=att.directory / "stdout.log",
-            stderr_path=att.directory / "stderr.log",
+        return self._spec_for(
+            req.job_id,
+            req.attempt,
+            command=req.command,
+            env=req.env,
+            allocation=att.allocation,
             max_runtime_seconds=req.max_runtime_seconds,
+            traceparent=traceparent,
+            nodes=max(req.nodes, 1),
+        )
+
+    def _spec_for(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        command: Sequence[str],
+        allocation: GpuAllocation,
+        max_runtime_seconds: float | None,
+        traceparent: str,
+        env: Mapping[str, str] | None = None,
+        nodes: int = 1,
+    ) -> LaunchSpec:
+        directory = self._attempt_dir(job_id, attempt)
+        return LaunchSpec(
+            job_id=job_id,
+            attempt=attempt,
+            argv=tuple(command),
+            env=dict(env or {}),
+            working_dir=directory / "work",
+            stdout_path=directory / "stdout.log",
+            stderr_path=directory / "stderr.log",
+            max_runtime_seconds=max_runtime_seconds,
             kill_grace_seconds=self._config.kill_grace_seconds,
             site_id=self._site.id,
             traceparent=traceparent,
-            gpu_type=att.allocation.gpu_type,
-            gpu_slots=att.allocation.slots,
-            nodes=max(req.nodes, 1),
+            gpu_type=allocation.gpu_type,
+            gpu_slots=allocation.slots,
+            nodes=nodes,
+            lease_file=self._config.lease_path,
         )
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -581,3 +780,76 @@ class AgentRuntime:
         if not name.strip("."):
             name = name.replace(".", "%2E")
         return self._config.attempts_dir / name / str(attempt)
+
+
+_ATTEMPT_STATE = {
+    JobState.RUNNING: AttemptState.RUNNING,
+    JobState.SUCCEEDED: AttemptState.SUCCEEDED,
+    JobState.FAILED: AttemptState.FAILED,
+    JobState.CANCELLED: AttemptState.CANCELLED,
+    JobState.LOST: AttemptState.LOST,
+}
+
+
+class _Lease:
+    """The agent's lease: how long it may keep running attempts without the control plane
+    confirming it heard a heartbeat. Times are ``time.monotonic()``; the lease's end is also
+    kept in ``path`` as epoch seconds, for a restarted agent and for the attempts' launch shims,
+    which stop their job if the agent cannot when the lease ends."""
+
+    def __init__(self, seconds: float, path: Path) -> None:
+        self.seconds = seconds
+        self.path = path
+        self.expiry: float | None = None
+        self._seq = 0
+        self._sent: dict[int, float] = {}
+
+    def sent(self, now: float) -> int:
+        self._seq += 1
+        self._sent[self._seq] = now
+        if len(self._sent) > 1024:  # renewals that never came: keep the newest
+            for seq in sorted(self._sent)[:-512]:
+                del self._sent[seq]
+        return self._seq
+
+    def renewed(self, seq: int) -> None:
+        sent = self._sent.get(seq)
+        if sent is None:
+            return  # unknown or superseded: a later renewal counts
+        for old in [s for s in self._sent if s <= seq]:
+            del self._sent[old]
+        expiry = sent + self.seconds
+        if self.expiry is None or expiry > self.expiry:
+            self._set(expiry)
+
+    def start(self, now: float) -> None:
+        """A lease from ``now`` if there is none yet (work arrived before any renewal)."""
+        if self.expiry is None:
+            self._set(now + self.seconds)
+
+    def load(self) -> None:
+        """The lease a previous agent process held, from its file (none if there is none)."""
+        try:
+            until = float(self.path.read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            return
+        self.expiry = time.monotonic() + (until - time.time())
+
+    def remaining(self, now: float) -> float | None:
+        return None if self.expiry is None else self.expiry - now
+
+    def expired(self, now: float) -> bool:
+        return self.expiry is not None and now >= self.expiry
+
+    def valid(self, now: float) -> bool:
+        return self.expiry is not None and now < self.expiry
+
+    def _set(self, expiry: float) -> None:
+        self.expiry = expiry
+        until = time.time() + (expiry - time.monotonic())
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            tmp.write_text(f"{until:.3f}\n", encoding="ascii")
+            os.replace(tmp, self.path)
+        except OSError as exc:  # the state dir went away under us: the watchdog still acts
+            log.error("cannot write the lease file %s: %s", self.path, exc)

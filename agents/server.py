@@ -5,9 +5,13 @@ The control stream (``Connect``), as the agent serves it:
 1. The dispatcher's first message must be ``hello``; a ``site_id`` other than this agent's
    aborts the stream with FAILED_PRECONDITION naming both. One control stream at a time: a newer
    one ends the older with ABORTED.
-2. The agent answers ``hello`` (site, jurisdiction, version, capacity), then resends every
-   status update not yet acknowledged, in ``seq`` order, then sends a ``heartbeat`` with
-   capacity every interval (the hello's ``heartbeat_interval_seconds``, else the config's).
+2. The agent answers ``hello`` (site, jurisdiction, version, capacity, every attempt it holds,
+   and a heartbeat sequence number), then resends every status update not yet acknowledged, in
+   ``seq`` order, then sends a ``heartbeat`` (capacity, sequence number) every interval (the
+   hello's ``heartbeat_interval_seconds``, else the config's).
+   ``lease`` renews the agent's lease from when the heartbeat it names was sent, for the hello's
+   ``lease_seconds`` (else the config's); with no renewal past it, the agent stops every attempt
+   itself and reports them LOST. ``reconcile`` answers the held attempts: stop, forget or keep.
 3. Each ``dispatch`` batch is answered by one ``acks`` batch, in the same order. ``cancel`` and
    ``status_ack`` are not answered directly. Status updates are sent in ``status`` batches of
    whatever is ready, each batch sent once the previous one has been written.
@@ -32,7 +36,7 @@ from opentelemetry.trace import Tracer
 from agents.config import AgentConfig
 from agents.executors.base import Executor
 from agents.executors.local import LocalExecutor
-from agents.journal import StatusRecord
+from agents.journal import AttemptState, StatusRecord
 from agents.logs import OutputStream, read_output
 from agents.runtime import AgentRuntime, AttemptRequest, CancelRequest, Capacity
 from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -44,6 +48,7 @@ from orchestrator.errors import (
     OrchestratorError,
 )
 from orchestrator.jurisdictions import expand
+from orchestrator.states import JobState
 
 __all__ = ["AgentServer", "AgentService"]
 
@@ -53,6 +58,15 @@ SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 _MIN_HEARTBEAT_SECONDS = 0.01
 _MAX_HEARTBEAT_SECONDS = 3600.0
+
+_JOB_STATE_OF = {
+    AttemptState.ACCEPTED: JobState.DISPATCHED,
+    AttemptState.RUNNING: JobState.RUNNING,
+    AttemptState.SUCCEEDED: JobState.SUCCEEDED,
+    AttemptState.FAILED: JobState.FAILED,
+    AttemptState.CANCELLED: JobState.CANCELLED,
+    AttemptState.LOST: JobState.LOST,
+}
 
 _LOG_STREAMS = {
     service_pb2.LOG_STREAM_STDOUT: OutputStream.STDOUT,
@@ -141,6 +155,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 f"replaced by a newer control stream from dispatcher {hello.dispatcher_id!r}",
             )
         log.info("control stream open from dispatcher %r", hello.dispatcher_id)
+        self._runtime.set_lease_seconds(hello.lease_seconds)
         interval = hello.heartbeat_interval_seconds or self._config.heartbeat_interval_seconds
         interval = min(max(interval, _MIN_HEARTBEAT_SECONDS), _MAX_HEARTBEAT_SECONDS)
         tasks = [
@@ -155,6 +170,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     jurisdiction=site.jurisdiction,
                     version=self._config.version,
                     capacity=_capacity(self._runtime.capacity()),
+                    held=[
+                        agent_pb2.HeldAttempt(
+                            job_id=job_id, attempt=attempt, state=_JOB_STATE_OF[state].value
+                        )
+                        for job_id, attempt, state in self._runtime.held()
+                    ],
+                    heartbeat_seq=self._runtime.next_heartbeat(),
                 )
             )
             while True:
@@ -230,6 +252,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
         elif kind == "status_ack":
             self._runtime.ack_status(message.status_ack.seqs)
+        elif kind == "lease":
+            self._runtime.renew_lease(message.lease.heartbeat_seq)
+        elif kind == "reconcile":
+            r = message.reconcile
+            self._runtime.reconcile(
+                stop=[(a.job_id, a.attempt) for a in r.stop],
+                forget=[(a.job_id, a.attempt) for a in r.forget],
+            )
         else:
             log.warning(
                 "ignoring control message of kind %r from dispatcher %r",
@@ -259,7 +289,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             session.send(
                 agent_pb2.AgentMessage(
                     heartbeat=agent_pb2.Heartbeat(
-                        time=_now(), capacity=_capacity(self._runtime.capacity())
+                        time=_now(),
+                        capacity=_capacity(self._runtime.capacity()),
+                        seq=self._runtime.next_heartbeat(),
                     )
                 )
             )

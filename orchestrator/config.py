@@ -115,12 +115,26 @@ class ControlPlaneConfig:
         base = cls()
         scheduler = SchedulerConfig()
         if env.get("SG_LOST_AFTER"):
+            lost_after = _seconds(env, "SG_LOST_AFTER")
             scheduler = dataclasses.replace(
-                scheduler, lost_after_seconds=_seconds(env, "SG_LOST_AFTER")
+                scheduler,
+                lost_after_seconds=lost_after,
+                # no new work for a site silent for a while, well before it is declared lost
+                site_stale_after_seconds=min(scheduler.site_stale_after_seconds, lost_after / 2),
             )
         return cls(
             redis=RedisConfig.from_env(env),
             scheduler=scheduler,
+            heartbeat_interval_seconds=(
+                _seconds(env, "SG_HEARTBEAT_INTERVAL")
+                if env.get("SG_HEARTBEAT_INTERVAL")
+                else base.heartbeat_interval_seconds
+            ),
+            kill_grace_seconds=(
+                _seconds(env, "SG_KILL_GRACE")
+                if env.get("SG_KILL_GRACE")
+                else base.kill_grace_seconds
+            ),
             dispatchers=int(env.get("SG_DISPATCHERS", base.dispatchers)),
             api_listen=env.get("SG_API_LISTEN", base.api_listen),
             ray_address=env.get("SG_RAY_ADDRESS") or None,

@@ -63,7 +63,9 @@ TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
         (JobState.RUNNING, JobState.PENDING),  # retry, lost or preempted: new attempt
         (JobState.RUNNING, JobState.PREEMPTED),
         (JobState.DISPATCHED, JobState.PREEMPTED),
-        (JobState.RUNNING, JobState.LOST),
+        (JobState.RUNNING, JobState.LOST),  # site lost, or the agent's lease ran out
+        (JobState.DISPATCHED, JobState.LOST),
+        (JobState.PREEMPTED, JobState.LOST),
         (JobState.PREEMPTED, JobState.PENDING),  # the agent stopped it (or refused it)
         (JobState.PREEMPTED, JobState.CANCELLED),  # cancelled while being preempted
         (JobState.LOST, JobState.PENDING),

@@ -3,13 +3,14 @@
 An executor turns a ``LaunchSpec`` into a running attempt and hands back an ``AttemptHandle``.
 The agent's runtime does all bookkeeping (dedup, GPU slots, status updates, the journal); an
 executor only runs things. Implementations: ``LocalExecutor`` (local processes); Ray, Slurm and
-Kubernetes executors implement the same protocol, and ``tests/agents/test_executor_contract.py``
-is the one contract test every implementation must pass.
+Kubernetes executors implement the same protocol, and
+``tests/agents/test_agent_executor_contract.py`` is the one contract test every implementation
+must pass.
 
 The contract:
 
-- ``start(spec)`` returns once the attempt has started (for the local executor: the process was
-  exec'd). If it cannot be started for reasons of the job's own making (command not found, not
+- ``start(spec)`` returns once the attempt has started (for the local executor: the job's program
+  was exec'd). If it cannot be started for reasons of the job's own making (command not found, not
   executable) it raises ``LaunchError`` with a clear message and a shell-style exit code (127 not
   found, 126 cannot execute); the agent reports that as a failed attempt, never crashes.
 - The attempt sees the job's ``env`` plus the variables of ``job_environment(spec)``; those win
@@ -22,8 +23,12 @@ The contract:
   returns its result.
 - ``spec.max_runtime_seconds`` is enforced by the executor: the attempt is terminated and its
   result has ``timed_out`` set.
-- ``handle.identity`` is an opaque string the agent journals; after an agent restart,
-  ``executor.stop_orphan(identity, grace_seconds=...)`` stops whatever is left of that attempt.
+- ``handle.identity`` is an opaque string the agent journals. After an agent restart, a fresh
+  executor can take the attempt over: ``executor.adopt(identity, spec, started_at=...)`` returns a
+  handle with the same ``wait``/``terminate``/max-runtime behaviour (the max runtime still counts
+  from ``started_at``), or None once the attempt is gone; then
+  ``executor.finished_result(identity, spec)`` says how it ended, if the executor recorded that.
+  ``executor.stop_orphan(identity, grace_seconds=...)`` instead just stops what is left of it.
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ class LaunchSpec:
     """GPU slot indices the attempt may use, exported as ``CUDA_VISIBLE_DEVICES``."""
     nodes: int = 1
     """Nodes of a gang job, exported as ``SG_NODES``."""
+    lease_file: Path | None = None
+    """The agent's lease file (its lease's end, epoch seconds). When set, the executor stops the
+    attempt shortly after the lease ends even if the agent cannot (frozen, say)."""
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -175,7 +183,7 @@ class AttemptHandle(Protocol):
 
     @property
     def identity(self) -> str:
-        """Opaque id the agent journals, for ``Executor.stop_orphan`` after a restart."""
+        """Opaque id the agent journals, for ``Executor.adopt`` after a restart."""
         ...
 
     @property
@@ -198,6 +206,27 @@ class Executor(Protocol):
 
     async def start(self, spec: LaunchSpec) -> AttemptHandle:
         """Start one attempt; raises ``LaunchError`` if the job's command cannot be started."""
+        ...
+
+    async def adopt(
+        self, identity: str, spec: LaunchSpec, *, started_at: float | None = None
+    ) -> AttemptHandle | None:
+        """Take over an attempt an earlier agent process started, if it is still running.
+
+        ``identity`` is the one its ``start()`` handle had, ``spec`` the one it was started with
+        (rebuilt from the journal; ``argv`` and ``env`` are not used again) and ``started_at``
+        when it started, epoch seconds (``time.time()``): its max runtime counts from then (from
+        now if None). Returns a handle that behaves like ``start()``'s, or None if nothing of the
+        attempt is left or ``identity`` is not this executor's.
+        """
+        ...
+
+    async def finished_result(self, identity: str, spec: LaunchSpec) -> ExitResult | None:
+        """How an attempt that ended while no agent watched it ended, if the executor knows.
+
+        For an attempt ``adopt`` found gone. None when nothing was recorded (the agent then
+        knows only that the attempt is gone).
+        """
         ...
 
     async def stop_orphan(self, identity: str, *, grace_seconds: float) -> bool:

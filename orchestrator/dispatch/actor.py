@@ -32,6 +32,7 @@ class DispatcherActor:
             dispatcher_id=f"dispatcher-{index}@{os.getpid()}",
             heartbeat_interval_seconds=config.heartbeat_interval_seconds,
             kill_grace_seconds=config.kill_grace_seconds,
+            lease_seconds=config.lease_seconds,
         )
         self._dispatcher: Dispatcher | None = None
         self._thread = LoopThread(

@@ -22,9 +22,10 @@ import grpc.aio
 
 from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
 from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator.crashpoints import crash_point
 from orchestrator.errors import StoreUnavailableError
 from orchestrator.states import JobState
-from orchestrator.store import Ack, Assignment, JobStore, StatusReport
+from orchestrator.store import Ack, Assignment, HeldAttempt, JobStore, StatusReport
 from orchestrator.tracing import get_tracer, span_traceparent, start_span_from
 
 __all__ = ["Dispatcher", "DispatcherOptions", "owner_of"]
@@ -35,6 +36,11 @@ tracer = get_tracer(__name__)
 _BATCH = 500
 _Writer = Callable[[agent_pb2.ControlMessage], Awaitable[None]]
 _MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def _some(items: Sequence[object], n: int = 5) -> str:
+    shown = ", ".join(str(x) for x in items[:n])
+    return f"[{shown}{', ...' if len(items) > n else ''}]"
 
 
 def owner_of(site_id: str, count: int) -> int:
@@ -54,6 +60,10 @@ class DispatcherOptions:
     """Name recorded on the sites it holds, for operators."""
     heartbeat_interval_seconds: float = 1.0
     """Heartbeat period asked of agents."""
+    lease_seconds: float = 0.0
+    """Lease period given to agents: one stops its attempts itself when no renewal came for
+    this long (0: the agent's own default). Keep it under the scheduler's ``lost_after`` minus
+    the kill grace (``ControlPlaneConfig.lease_seconds`` is)."""
     kill_grace_seconds: float = 3.0
     """SIGTERM-to-SIGKILL grace sent with cancels."""
     refresh_seconds: float = 2.0
@@ -135,6 +145,7 @@ class _SiteLink:
                         site_id=self.site_id,
                         dispatcher_id=self.opts.dispatcher_id,
                         heartbeat_interval_seconds=self.opts.heartbeat_interval_seconds,
+                        lease_seconds=self.opts.lease_seconds,
                     )
                 )
             )
@@ -152,7 +163,15 @@ class _SiteLink:
                     "the registry wins",
                     self.site_id, hello.jurisdiction, self.site.jurisdiction,
                 )  # fmt: skip
+            # Heard from it: record that first (a site back from LOST becomes usable, and the
+            # lost-site check leaves it alone), then settle what it holds, then renew its lease.
             await self.store.record_heartbeat(self.site_id, dispatcher_id=self.opts.dispatcher_id)
+            await self._reconcile(hello, write)
+            await write(
+                agent_pb2.ControlMessage(
+                    lease=agent_pb2.LeaseRenewal(heartbeat_seq=hello.heartbeat_seq)
+                )
+            )
             self.connected = True
             log.info("site %s: connected to %s", self.site_id, self.site.endpoint)
             reader = asyncio.create_task(self._read(call, write))
@@ -168,6 +187,29 @@ class _SiteLink:
                         await task
                 call.cancel()
 
+    async def _reconcile(self, hello: agent_pb2.AgentHello, write: _Writer) -> None:
+        """Tell the agent what to do with the attempts it holds (see reconcile.lua)."""
+        held = [HeldAttempt(h.job_id, h.attempt, JobState(h.state)) for h in hello.held]
+        result = await self.store.reconcile(self.site_id, held)
+        if result.stop or result.requeued:
+            log.warning(
+                "site %s: reconciled: stopping %d stale attempt(s) %s; %d job(s) the agent "
+                "does not hold were requeued %s",
+                self.site_id, len(result.stop), _some(result.stop), len(result.requeued),
+                _some(result.requeued),
+            )  # fmt: skip
+
+        def refs(items: Sequence[tuple[str, int]]) -> list[agent_pb2.AttemptRef]:
+            return [agent_pb2.AttemptRef(job_id=j, attempt=a) for j, a in items]
+
+        await write(
+            agent_pb2.ControlMessage(
+                reconcile=agent_pb2.Reconcile(
+                    keep=refs(result.keep), stop=refs(result.stop), forget=refs(result.forget)
+                )
+            )
+        )
+
     async def _send(self, write: _Writer) -> None:
         resend = True  # a new stream: in-flight assignments and all cancels go again
         sent_cancels: set[tuple[str, int]] = set()
@@ -176,7 +218,9 @@ class _SiteLink:
             batch = await self.store.take_outbox(self.site_id, limit=_BATCH, resend=resend)
             resend = False
             if batch:
+                crash_point("dispatcher.after_take")
                 await write(agent_pb2.ControlMessage(dispatch=self._dispatch_batch(batch)))
+                crash_point("dispatcher.after_send")
             cancels = [c for c in await self.store.pending_cancels(self.site_id)]
             new = [c for c in cancels if c not in sent_cancels]
             sent_cancels.intersection_update(cancels)
@@ -193,6 +237,7 @@ class _SiteLink:
                     ]
                 )
                 await write(agent_pb2.ControlMessage(cancel=msg))
+                crash_point("dispatcher.after_cancel_sent")
                 sent_cancels.update(new)
             if len(batch) >= _BATCH:
                 continue
@@ -249,11 +294,24 @@ class _SiteLink:
                     for u in updates
                 ]
                 await self.store.apply_status(self.site_id, reports)
+                crash_point("dispatcher.after_status_applied")
                 seen = agent_pb2.StatusAck(seqs=[u.seq for u in updates])
                 await write(agent_pb2.ControlMessage(status_ack=seen))
             elif kind == "heartbeat":
-                await self.store.record_heartbeat(
+                was_lost = await self.store.record_heartbeat(
                     self.site_id, dispatcher_id=self.opts.dispatcher_id
+                )
+                if was_lost:
+                    # declared lost while this stream was up (heartbeats did not reach the
+                    # store in time): its attempts moved on, so no renewal; a new stream
+                    # reconciles what the agent holds
+                    raise ConnectionError(
+                        f"site {self.site_id} was declared lost while connected; reconnecting"
+                    )
+                await write(
+                    agent_pb2.ControlMessage(
+                        lease=agent_pb2.LeaseRenewal(heartbeat_seq=msg.heartbeat.seq)
+                    )
                 )
 
 

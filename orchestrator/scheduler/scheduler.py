@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opentelemetry.trace import Link
@@ -17,11 +18,12 @@ from redis.asyncio.client import PubSub
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import SchedulerConfig
+from orchestrator.crashpoints import crash_point
 from orchestrator.errors import StoreUnavailableError
 from orchestrator.scheduler.model import PlacementResult
 from orchestrator.scheduler.placement import DefaultPolicy, Policy
 from orchestrator.scheduler.snapshot import job_request, read_snapshot, read_tenants
-from orchestrator.store import Decision, JobStore, Victim
+from orchestrator.store import Decision, EpochGuard, JobStore, SiteRecord, Victim
 from orchestrator.tracing import context_from_traceparent, get_tracer
 
 __all__ = ["CycleStats", "Scheduler"]
@@ -60,10 +62,14 @@ class Scheduler:
         self.cycles = 0
         self.placed_total = 0
         self.preempted_total = 0
+        self.sites_lost_total = 0
+        self.epoch = EpochGuard.for_store(store, name="scheduler")
+        """Notices (and logs at CRITICAL) a Redis that went back in time; advanced each cycle."""
 
     async def run_once(self) -> CycleStats:
         """One cycle: window, snapshot, place, commit, preempt, record why the rest waits."""
         started = time.perf_counter()
+        await self.epoch.advance()
         refs = await self.store.pending_window(self.config.window)
         missing = [r.job_id for r in refs if r.job_id not in self._specs]
         if missing:
@@ -74,6 +80,8 @@ class Scheduler:
         for job_id in [j for j in self._waiting if j not in in_window]:
             del self._waiting[job_id]
         tenants = await read_tenants(self.store)
+        records = await self.store.site_records()
+        await self._lose_silent_sites(records)
         jobs = [
             job_request(
                 r.job_id, r.attempt, self._specs[r.job_id][0], submit_order=r.score, tenants=tenants
@@ -88,6 +96,7 @@ class Scheduler:
             stale_after=self.config.site_stale_after_seconds,
             preemption_window_seconds=self.config.preemption_window_seconds,
             weights=self.config.weights,
+            records=records,
         )
         result = self.policy.place(snapshot)
         with tracer.start_as_current_span(
@@ -99,6 +108,8 @@ class Scheduler:
                 for d in result.decisions
             ]
             codes = await self.store.commit(decisions)
+            if decisions:
+                crash_point("scheduler.after_commit")
             victims = [
                 Victim(p.victim_job_id, p.victim_attempt, p.for_job_id) for p in result.preemptions
             ]
@@ -131,6 +142,25 @@ class Scheduler:
             unschedulable=marked,
             seconds=time.perf_counter() - started,
         )
+
+    async def _lose_silent_sites(self, records: Sequence[SiteRecord]) -> None:
+        """Declare LOST the sites silent for longer than ``lost_after`` and requeue their work
+        (the store checks the heartbeat again atomically, so one that just spoke is spared)."""
+        now = time.time()
+        lost_after = self.config.lost_after_seconds
+        for rec in records:
+            hb = rec.last_heartbeat
+            if hb is None or now - hb <= lost_after:
+                continue
+            if rec.state == types_pb2.SITE_STATE_LOST and not rec.active_jobs:
+                continue
+            code, moved = await self.store.lose_site(rec.site.id, lost_after=lost_after, at=now)
+            if code == "lost" and rec.state != types_pb2.SITE_STATE_LOST:
+                self.sites_lost_total += 1
+                log.warning(
+                    "site %s lost: no heartbeat for %.1fs (lost_after %gs); %d job(s) requeued",
+                    rec.site.id, now - hb, lost_after, moved,
+                )  # fmt: skip
 
     def _trace(
         self,

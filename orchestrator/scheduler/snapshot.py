@@ -141,10 +141,13 @@ async def read_snapshot(
     preemption_window_seconds: float,
     weights: Weights | None = None,
     with_running: bool = True,
+    records: Sequence[SiteRecord] | None = None,
 ) -> Snapshot:
-    """Sites, tenants and (optionally) preemption candidates as the store has them now."""
+    """Sites (``records``, else read now), tenants and (optionally) preemption candidates."""
     now = time.time()
-    sites = [site_view(rec, now=now, stale_after=stale_after) for rec in await store.site_records()]
+    if records is None:
+        records = await store.site_records()
+    sites = [site_view(rec, now=now, stale_after=stale_after) for rec in records]
     running = [running_job(r) for r in await store.surplus_running()] if with_running else []
     return Snapshot(
         jobs=jobs,

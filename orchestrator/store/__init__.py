@@ -1,13 +1,16 @@
 """The queue store on Redis: key schema, Lua transitions, and the embedded server."""
 
+from orchestrator.store.epoch import EpochGuard, Rollback
 from orchestrator.store.keys import Keys
 from orchestrator.store.redis_server import LocalRedis, find_redis_server, free_port
 from orchestrator.store.store import (
     Ack,
     Assignment,
     Decision,
+    HeldAttempt,
     JobStore,
     PendingRef,
+    Reconciliation,
     RunningRecord,
     SiteRecord,
     StatusReport,
@@ -20,10 +23,14 @@ __all__ = [
     "Ack",
     "Assignment",
     "Decision",
+    "EpochGuard",
+    "HeldAttempt",
     "JobStore",
     "Keys",
     "LocalRedis",
     "PendingRef",
+    "Reconciliation",
+    "Rollback",
     "RunningRecord",
     "SiteRecord",
     "StatusReport",

@@ -25,6 +25,8 @@ in ARGV as the prefix; the templates below and in ``lua/*.lua`` must agree.
     {p}tenants               set    tenant ids
     {p}tenant:{id}           hash   tenant (Tenant protobuf bytes), country, weight, quotas
     {p}tenant:{id}:used      hash   GPUs (overall and gpus:{country}), CPUs, memory held now
+    {p}epoch                 string the epoch: a counter every control-plane process INCRs
+                                    (a value below one seen means Redis went back in time)
     {p}notify                pubsub channel: a site id whose outbox or cancels changed
     {p}wake                  pubsub channel: new pending work for the scheduler
 """
@@ -112,6 +114,10 @@ class Keys:
 
     def tenant_used(self, tenant_id: str) -> str:
         return f"{self.prefix}tenant:{tenant_id}:used"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}epoch"
 
     @property
     def notify_channel(self) -> str:

@@ -24,6 +24,9 @@ SCRIPT_NAMES = (
     "preempt",
     "put_tenant",
     "note_waiting",
+    "seen",
+    "lose_site",
+    "reconcile",
 )
 
 

@@ -6,12 +6,13 @@ reached raises ``StoreUnavailableError`` and nothing is half-written (each chang
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -37,14 +38,17 @@ __all__ = [
     "Ack",
     "Assignment",
     "Decision",
+    "HeldAttempt",
     "JobStore",
     "PendingRef",
+    "Reconciliation",
     "RunningRecord",
     "SiteRecord",
     "StatusReport",
     "TenantRecord",
     "Victim",
     "pending_score",
+    "unavailable_as_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,6 +149,31 @@ class StatusReport:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldAttempt:
+    """An attempt a site's agent holds, as it reports when a stream opens."""
+
+    job_id: str
+    attempt: int
+    state: JobState
+    """DISPATCHED (accepted, not started), RUNNING, or the state it ended in."""
+
+
+@dataclass
+class Reconciliation:
+    """The store's answer to what an agent holds (see reconcile.lua)."""
+
+    keep: list[tuple[str, int]] = field(default_factory=list)
+    """Current attempts: keep running them."""
+    stop: list[tuple[str, int]] = field(default_factory=list)
+    """Running attempts the store no longer wants there."""
+    forget: list[tuple[str, int]] = field(default_factory=list)
+    """Ended attempts whose outcome is no longer needed."""
+    requeued: list[str] = field(default_factory=list)
+    """Jobs the store had at the site that the agent does not hold: requeued (or finished
+    CANCELLED when a cancel was pending)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SiteRecord:
     """A site as the scheduler needs it: registration, state, capacity and use."""
 
@@ -191,17 +220,21 @@ def _now() -> str:
 
 
 @contextlib.contextmanager
-def _unavailable_as_error() -> Any:
+def unavailable_as_error(on_connection_error: Callable[[], None] | None = None) -> Any:
+    """Turn Redis connection trouble into ``StoreUnavailableError`` (UNAVAILABLE to clients);
+    ``on_connection_error`` runs first when the connection itself failed."""
     try:
         yield
     except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
         raise StoreUnavailableError(
             f"queue store (Redis) refused the configured credentials: {exc}"
         ) from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailableError(f"queue store (Redis) unreachable: {exc}") from exc
     except redis.exceptions.BusyLoadingError as exc:
         raise StoreUnavailableError("queue store (Redis) is loading its data; retry") from exc
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        if on_connection_error is not None:
+            on_connection_error()
+        raise StoreUnavailableError(f"queue store (Redis) unreachable: {exc}") from exc
 
 
 def pending_score(priority: int, submit_ms: int) -> int:
@@ -226,6 +259,7 @@ class JobStore:
         # Blocking reads (event followers) hold a connection for a while: they get their own
         # pool, so that many watchers never starve submits of connections.
         self._watch_client = watch_client or client
+        self._dropping: asyncio.Future[Any] | None = None
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> JobStore:
@@ -255,6 +289,23 @@ class JobStore:
             watch_client=client(config.max_watch_connections),
         )
 
+    def _unavailable(self) -> Any:
+        return unavailable_as_error(self._drop_idle_connections)
+
+    def _drop_idle_connections(self) -> None:
+        """After a connection failed (Redis restarted, say), close the pools' idle connections
+        too, so that the next commands connect afresh instead of each failing once on a dead
+        socket. Commands are not retried: a script whose reply was lost may have run."""
+        if self._dropping is not None and not self._dropping.done():
+            return
+        pools = {id(c): c.connection_pool for c in (self.client, self._watch_client)}
+        self._dropping = asyncio.ensure_future(
+            asyncio.gather(
+                *(p.disconnect(inuse_connections=False) for p in pools.values()),
+                return_exceptions=True,
+            )
+        )
+
     async def close(self) -> None:
         """Close the connection pools."""
         await self.client.aclose()
@@ -263,12 +314,12 @@ class JobStore:
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless Redis answers."""
-        with _unavailable_as_error():
+        with self._unavailable():
             await self.client.ping()
 
     async def durability_warnings(self) -> list[str]:
         """What about the server's persistence settings could lose an acknowledged submit."""
-        with _unavailable_as_error():
+        with self._unavailable():
             aof = await self.client.config_get("appendonly")
             fsync = await self.client.config_get("appendfsync")
         warnings = []
@@ -295,7 +346,7 @@ class JobStore:
         job_id = new_job_id(now)
         res = spec.resources
         nodes = max(res.nodes, 1)
-        with _unavailable_as_error():
+        with self._unavailable():
             found_id, dedup = await self._scripts.run(
                 "submit",
                 [
@@ -312,7 +363,7 @@ class JobStore:
 
     async def get_job(self, job_id: str) -> types_pb2.Job:
         """One job. Raises ``JobNotFoundError``."""
-        with _unavailable_as_error():
+        with self._unavailable():
             fields = await self.client.hgetall(self.keys.job(job_id))
         if not fields:
             raise JobNotFoundError(job_id)
@@ -320,7 +371,7 @@ class JobStore:
 
     async def get_jobs(self, job_ids: Sequence[str]) -> list[types_pb2.Job]:
         """Several jobs in one round trip; missing ones are left out."""
-        with _unavailable_as_error():
+        with self._unavailable():
             async with self.client.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
                     pipe.hgetall(self.keys.job(job_id))
@@ -329,7 +380,7 @@ class JobStore:
 
     async def job_trace(self, job_id: str) -> str:
         """The traceparent recorded with the job at submit."""
-        with _unavailable_as_error():
+        with self._unavailable():
             return _s(await self.client.hget(self.keys.job(job_id), "tp"))
 
     def _job_from_hash(self, job_id: str, f: Mapping[Any, Any]) -> types_pb2.Job:
@@ -348,14 +399,14 @@ class JobStore:
         if "exit_code" in g:
             job.exit_code = int(_s(g["exit_code"]))
             job.has_exit_code = True
-        for field, key in (
+        for name, key in (
             ("created_at", "created"),
             ("updated_at", "updated"),
             ("started_at", "started"),
             ("finished_at", "finished"),
         ):
             if g.get(key):
-                getattr(job, field).CopyFrom(_ts(_s(g[key])))
+                getattr(job, name).CopyFrom(_ts(_s(g[key])))
         return job
 
     async def list_jobs(
@@ -379,7 +430,7 @@ class JobStore:
         out: list[types_pb2.Job] = []
         scanned = 0
         last = ""
-        with _unavailable_as_error():
+        with self._unavailable():
             while len(out) < page_size and scanned < 20 * max(page_size, _LIST_SCAN):
                 ids = [
                     _s(i)
@@ -416,7 +467,7 @@ class JobStore:
 
     async def cancel(self, job_id: str, reason: str = "") -> types_pb2.Job:
         """Cancel a job (idempotent). Raises ``IllegalTransitionError`` if it already ended."""
-        with _unavailable_as_error():
+        with self._unavailable():
             code, state = await self._scripts.run(
                 "cancel", [self.prefix, job_id, _now(), EVENTS_MAXLEN, reason]
             )
@@ -435,7 +486,7 @@ class JobStore:
         With ``block_ms``, waits up to that long for the first new one.
         """
         key = self.keys.job_events(job_id)
-        with _unavailable_as_error():
+        with self._unavailable():
             if block_ms is None:
                 start = f"({after}" if after else "-"
                 rows: Any = await self.client.xrange(key, start, "+", count=count)
@@ -493,7 +544,7 @@ class JobStore:
             caps += ["cap:watts", int(site.power_cap_mw * 1_000_000)]
         if site.policy.has_surplus_limit:
             caps += ["pol:surplus", site.policy.surplus_gpus]
-        with _unavailable_as_error():
+        with self._unavailable():
             await self._scripts.run(
                 "register_site", [self.prefix, site.id, site.SerializeToString(), _now(), *caps]
             )
@@ -502,7 +553,7 @@ class JobStore:
 
     async def set_site_state(self, site_id: str, state: int) -> types_pb2.SiteStatus:
         """Set a site's administrative state. Raises ``SiteNotFoundError``."""
-        with _unavailable_as_error():
+        with self._unavailable():
             ok = await self._scripts.run(
                 "set_site_state", [self.prefix, site_id, int(state), _now()]
             )
@@ -526,7 +577,7 @@ class JobStore:
 
     async def site_records(self, site_ids: Sequence[str] | None = None) -> list[SiteRecord]:
         """Sites (all, or the ones named) with state, capacity and use, ordered by id."""
-        with _unavailable_as_error():
+        with self._unavailable():
             if site_ids is None:
                 site_ids = sorted(_s(s) for s in await self.client.smembers(self.keys.sites))
             async with self.client.pipeline(transaction=False) as pipe:
@@ -604,14 +655,14 @@ class JobStore:
 
     async def sites_version(self) -> int:
         """A counter bumped by every site registration or state change."""
-        with _unavailable_as_error():
+        with self._unavailable():
             return int(await self.client.get(self.keys.sites_version) or 0)
 
     # ---------------------------------------------------------------- scheduler
 
     async def pending_window(self, limit: int) -> list[PendingRef]:
         """The first ``limit`` pending jobs across all queues, in queue order."""
-        with _unavailable_as_error():
+        with self._unavailable():
             queues = sorted(_s(q) for q in await self.client.smembers(self.keys.queues))
             async with self.client.pipeline(transaction=False) as pipe:
                 for q in queues:
@@ -632,7 +683,7 @@ class JobStore:
 
     async def job_specs(self, job_ids: Sequence[str]) -> dict[str, tuple[types_pb2.JobSpec, str]]:
         """Specs and traceparents of the given jobs (for the scheduler's cache)."""
-        with _unavailable_as_error():
+        with self._unavailable():
             async with self.client.pipeline(transaction=False) as pipe:
                 for jid in job_ids:
                     pipe.hmget(self.keys.job(jid), "spec", "tp")
@@ -652,7 +703,7 @@ class JobStore:
         args: list[Any] = [self.prefix, _now(), EVENTS_MAXLEN]
         for d in decisions:
             args += [d.job_id, d.attempt, d.site, d.gpu_type, d.watts]
-        with _unavailable_as_error():
+        with self._unavailable():
             return [_s(c) for c in await self._scripts.run("commit", args)]
 
     async def mark_unschedulable(self, items: Sequence[tuple[str, int, str]]) -> int:
@@ -662,7 +713,7 @@ class JobStore:
         args: list[Any] = [self.prefix, _now(), EVENTS_MAXLEN]
         for job_id, attempt, reason in items:
             args += [job_id, attempt, reason]
-        with _unavailable_as_error():
+        with self._unavailable():
             return int(await self._scripts.run("mark_unschedulable", args))
 
     async def preempt(self, victims: Sequence[Victim]) -> list[str]:
@@ -672,14 +723,14 @@ class JobStore:
         args: list[Any] = [self.prefix, _now(), EVENTS_MAXLEN]
         for v in victims:
             args += [v.job_id, v.attempt, v.for_job_id]
-        with _unavailable_as_error():
+        with self._unavailable():
             return [_s(c) for c in await self._scripts.run("preempt", args)]
 
     async def surplus_running(self) -> list[RunningRecord]:
         """Placed, unfinished SURPLUS-class jobs not already being preempted."""
         fields = ("state", "attempt", "tenant", "site", "gpu_type", "r_gpus", "r_cpus",
                   "r_mem", "r_watts", "nonhome", "preempted_at")  # fmt: skip
-        with _unavailable_as_error():
+        with self._unavailable():
             ids = sorted(_s(i) for i in await self.client.smembers(self.keys.surplus_running))
             async with self.client.pipeline(transaction=False) as pipe:
                 for job_id in ids:
@@ -714,13 +765,13 @@ class JobStore:
         args: list[Any] = [self.prefix]
         for job_id, attempt, reason in items:
             args += [job_id, attempt, reason]
-        with _unavailable_as_error():
+        with self._unavailable():
             return int(await self._scripts.run("note_waiting", args))
 
     async def queue_position(self, job: types_pb2.Job) -> tuple[int, int]:
         """1-based position of a pending job in its queue (0 if not there), and the queue length."""
         key = self.keys.pending(job.spec.queue or "default")
-        with _unavailable_as_error():
+        with self._unavailable():
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.zrank(key, job.id)
                 pipe.zcard(key)
@@ -736,7 +787,7 @@ class JobStore:
             quotas += ["q:gpus", tenant.quota_gpus]
         for code, gpus in sorted(tenant.quota_gpus_by_jurisdiction.items()):
             quotas += [f"q:gpus:{code}", gpus]
-        with _unavailable_as_error():
+        with self._unavailable():
             await self._scripts.run(
                 "put_tenant",
                 [self.prefix, tenant.id, tenant.SerializeToString(), tenant.country,
@@ -746,7 +797,7 @@ class JobStore:
 
     async def tenant_records(self, tenant_ids: Sequence[str] | None = None) -> list[TenantRecord]:
         """Tenants (all, or the ones named) with their usage, ordered by id."""
-        with _unavailable_as_error():
+        with self._unavailable():
             if tenant_ids is None:
                 tenant_ids = sorted(_s(t) for t in await self.client.smembers(self.keys.tenants))
             async with self.client.pipeline(transaction=False) as pipe:
@@ -799,7 +850,7 @@ class JobStore:
 
     async def take_outbox(self, site_id: str, *, limit: int, resend: bool) -> list[Assignment]:
         """Mark up to ``limit`` SCHEDULED jobs of a site DISPATCHED and return them."""
-        with _unavailable_as_error():
+        with self._unavailable():
             flat = await self._scripts.run(
                 "take_outbox",
                 [self.prefix, site_id, _now(), EVENTS_MAXLEN, limit, 1 if resend else 0],
@@ -811,7 +862,7 @@ class JobStore:
 
     async def has_outbox(self, site_id: str) -> bool:
         """Whether the site has jobs waiting to be sent."""
-        with _unavailable_as_error():
+        with self._unavailable():
             return bool(await self.client.zcard(self.keys.site_outbox(site_id)))
 
     async def record_acks(self, site_id: str, acks: Sequence[Ack]) -> list[str]:
@@ -821,7 +872,7 @@ class JobStore:
         args: list[Any] = [self.prefix, site_id, _now(), EVENTS_MAXLEN]
         for a in acks:
             args += [a.job_id, a.attempt, 1 if a.accepted else 0, a.reason]
-        with _unavailable_as_error():
+        with self._unavailable():
             return [_s(c) for c in await self._scripts.run("ack", args)]
 
     async def apply_status(self, site_id: str, reports: Sequence[StatusReport]) -> list[str]:
@@ -832,12 +883,12 @@ class JobStore:
         for r in reports:
             exit_code = "" if r.exit_code is None else str(r.exit_code)
             args += [r.job_id, r.attempt, r.state.value, exit_code, r.message]
-        with _unavailable_as_error():
+        with self._unavailable():
             return [_s(c) for c in await self._scripts.run("status", args)]
 
     async def pending_cancels(self, site_id: str) -> list[tuple[str, int]]:
         """(job id, attempt) cancels to deliver to a site."""
-        with _unavailable_as_error():
+        with self._unavailable():
             members = await self.client.smembers(self.keys.site_cancels(site_id))
         out = []
         for m in members:
@@ -847,17 +898,46 @@ class JobStore:
 
     async def record_heartbeat(
         self, site_id: str, *, dispatcher_id: str, at: float | None = None
-    ) -> None:
-        """Note that ``dispatcher_id`` holds the site's stream and heard from it now."""
-        with _unavailable_as_error():
-            await self.client.hset(
-                self.keys.site(site_id),
-                mapping={"hb": f"{at or time.time():.6f}", "conn": dispatcher_id},
+    ) -> bool:
+        """Note that ``dispatcher_id`` holds the site's stream and heard from it now (see
+        seen.lua). True when the site was LOST until now: its attempts were requeued, so the
+        agent must be reconciled before its lease is renewed."""
+        with self._unavailable():
+            code = await self._scripts.run(
+                "seen", [self.prefix, site_id, f"{at or time.time():.6f}", dispatcher_id]
             )
+        return int(code) == 1
+
+    async def lose_site(
+        self, site_id: str, *, lost_after: float, at: float | None = None
+    ) -> tuple[str, int]:
+        """Declare the site LOST if it has been silent for longer than ``lost_after`` seconds,
+        and requeue its work (see lose_site.lua). Returns the script's code ('lost', 'alive',
+        'never', 'missing') and how many jobs moved."""
+        with self._unavailable():
+            code, moved = await self._scripts.run(
+                "lose_site",
+                [self.prefix, site_id, f"{at or time.time():.6f}", EVENTS_MAXLEN, lost_after],
+            )
+        return _s(code), int(moved)
+
+    async def reconcile(self, site_id: str, held: Sequence[HeldAttempt]) -> Reconciliation:
+        """What the agent should do with the attempts it holds, and the jobs the store had at
+        the site that the agent does not hold (requeued or finished; see reconcile.lua)."""
+        args: list[Any] = [self.prefix, site_id, _now(), EVENTS_MAXLEN]
+        for h in held:
+            args += [h.job_id, h.attempt, h.state.value]
+        with self._unavailable():
+            out = [_s(x) for x in await self._scripts.run("reconcile", args)]
+        verdicts, gone = out[: len(held)], out[len(held) :]
+        result = Reconciliation(requeued=gone)
+        for h, verdict in zip(held, verdicts, strict=True):
+            getattr(result, verdict).append((h.job_id, h.attempt))
+        return result
 
     async def record_disconnect(self, site_id: str, *, dispatcher_id: str) -> None:
         """Clear the connected mark if ``dispatcher_id`` still holds it."""
         key = self.keys.site(site_id)
-        with _unavailable_as_error():
+        with self._unavailable():
             if _s(await self.client.hget(key, "conn")) == dispatcher_id:
                 await self.client.hdel(key, "conn")

@@ -98,7 +98,12 @@ class Dispatcher:
         self.details = ""
 
     async def connect(
-        self, site_id: str, *, heartbeat: float = 0.05, dispatcher_id: str = "test-dispatcher"
+        self,
+        site_id: str,
+        *,
+        heartbeat: float = 0.05,
+        dispatcher_id: str = "test-dispatcher",
+        lease: float = 0.0,
     ) -> agent_pb2.AgentHello:
         """Open the stream, send hello, return the agent's hello (or raise if the stream ended)."""
         self._hello = asyncio.get_running_loop().create_future()
@@ -110,6 +115,7 @@ class Dispatcher:
                     site_id=site_id,
                     dispatcher_id=dispatcher_id,
                     heartbeat_interval_seconds=heartbeat,
+                    lease_seconds=lease,
                 )
             )
         )
@@ -168,6 +174,22 @@ class Dispatcher:
             job_id=job_id, attempt=attempt, grace_seconds=grace, reason=reason
         )
         await self.send(agent_pb2.ControlMessage(cancel=agent_pb2.CancelBatch(cancels=[cancel])))
+
+    async def renew(self, heartbeat_seq: int) -> None:
+        lease = agent_pb2.LeaseRenewal(heartbeat_seq=heartbeat_seq)
+        await self.send(agent_pb2.ControlMessage(lease=lease))
+
+    async def reconcile(
+        self,
+        *,
+        stop: Sequence[tuple[str, int]] = (),
+        forget: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        def refs(items: Sequence[tuple[str, int]]) -> list[agent_pb2.AttemptRef]:
+            return [agent_pb2.AttemptRef(job_id=j, attempt=a) for j, a in items]
+
+        msg = agent_pb2.Reconcile(stop=refs(stop), forget=refs(forget))
+        await self.send(agent_pb2.ControlMessage(reconcile=msg))
 
     async def ack(self, seqs: Sequence[int]) -> None:
         await self.send(agent_pb2.ControlMessage(status_ack=agent_pb2.StatusAck(seqs=list(seqs))))
@@ -288,13 +310,18 @@ async def open_dispatcher(site: SiteConfig) -> AsyncIterator[Callable[..., Any]]
     opened: list[tuple[grpc.aio.Channel, Dispatcher]] = []
 
     async def open_(
-        address: str, *, site_id: str | None = None, connect: bool = True, heartbeat: float = 0.05
+        address: str,
+        *,
+        site_id: str | None = None,
+        connect: bool = True,
+        heartbeat: float = 0.05,
+        lease: float = 0.0,
     ) -> Dispatcher:
         channel = grpc.aio.insecure_channel(address)
         d = Dispatcher(channel)
         opened.append((channel, d))
         if connect:
-            await d.connect(site_id or site.id, heartbeat=heartbeat)
+            await d.connect(site_id or site.id, heartbeat=heartbeat, lease=lease)
         return d
 
     yield open_

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from orchestrator._pb.orchestrator.v1 import types_pb2
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SITES = REPO_ROOT / "examples" / "sites.yaml"
 RUNNING = types_pb2.JOB_STATE_RUNNING
-FAILED = types_pb2.JOB_STATE_FAILED
+CANCELLED = types_pb2.JOB_STATE_CANCELLED
+LOST = types_pb2.JOB_STATE_LOST
 
 
 def agent_env() -> dict[str, str]:
@@ -125,7 +127,7 @@ async def test_sigterm_stops_the_agent_and_its_jobs(
     assert not pid_alive(sleeper)
 
 
-async def test_a_restarted_agent_stops_what_a_killed_one_left_running(
+async def test_a_restarted_agent_re_adopts_what_a_killed_one_left_running(
     spawn_agent: Callable[..., Any],
     open_dispatcher: Callable[..., Any],
     make_assignment: Callable[..., Any],
@@ -142,10 +144,41 @@ async def test_a_restarted_agent_stops_what_a_killed_one_left_running(
     await proc.communicate()
     assert pid_alive(sleeper)  # its own session: it outlives the agent
 
+    # within its lease, the restarted agent takes the running attempt over
     restarted: AgentServer = await start_agent(AgentConfig(site=config.site, state_dir=state_dir))
-    assert not pid_alive(sleeper)
-    d2 = await open_dispatcher(restarted.address)
-    failed = await d2.wait_status("j-s", state=FAILED)
-    assert failed.message == "agent restarted; process terminated"
+    assert pid_alive(sleeper)
+    d2 = await open_dispatcher(restarted.address, connect=False)
+    hello = await d2.connect(config.site.id)
+    assert [(h.job_id, h.state) for h in hello.held] == [("j-s", RUNNING)]
+    assert restarted.runtime.capacity().running == 1
     (dup,) = await d2.dispatch(make_assignment("j-s"))
     assert dup.duplicate
+    # and still stops it on request, and reports how it ended
+    await d2.cancel("j-s", grace=0.2, reason="done with it")
+    cancelled = await d2.wait_status("j-s", state=CANCELLED)
+    assert "done with it" in cancelled.message
+    assert not pid_alive(sleeper)
+
+
+async def test_a_restarted_agent_stops_what_outlived_its_lease(
+    spawn_agent: Callable[..., Any],
+    open_dispatcher: Callable[..., Any],
+    make_assignment: Callable[..., Any],
+    pid_alive: Callable[[int], bool],
+    start_agent: Callable[[AgentConfig], Any],
+    config: AgentConfig,
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    proc, address = await spawn_agent(state_dir)
+    d = await open_dispatcher(address)
+    sleeper = await start_sleeper(d, make_assignment, tmp_path / "pid")
+    proc.kill()
+    await proc.communicate()
+    # the agent stayed down past its lease (its file says when it ended)
+    (state_dir / "lease").write_text(f"{time.time() - 1:.3f}\n")
+    restarted: AgentServer = await start_agent(AgentConfig(site=config.site, state_dir=state_dir))
+    d2 = await open_dispatcher(restarted.address)
+    lost = await d2.wait_status("j-s", state=LOST)
+    assert "lease ended" in lost.message
+    assert not pid_alive(sleeper)

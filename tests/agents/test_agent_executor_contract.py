@@ -6,9 +6,11 @@ To add an executor, add its name to EXECUTORS and build it in ``make_executor``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,3 +200,124 @@ async def test_stop_orphan_by_identity(
     assert result.signal == signal.SIGTERM
     assert await other.stop_orphan(handle.identity, grace_seconds=1.0) is False
     assert await other.stop_orphan("not-an-identity", grace_seconds=1.0) is False
+
+
+async def test_death_by_signal(executor: Executor, launch: Callable[..., LaunchSpec]) -> None:
+    for number in (signal.SIGKILL, signal.SIGSEGV):
+        spec = launch(["sh", "-c", f"kill -{number} $$"])
+        result = await (await executor.start(spec)).wait()
+        assert (result.exit_code, result.signal) == (None, number)
+        assert result.message == f"killed by signal {signal.Signals(number).name}"
+
+
+# --- adopting an attempt after an agent restart -------------------------------------------------
+# One executor starts an attempt; a fresh one, as a restarted agent has, takes it over from the
+# journaled identity and spec.
+
+
+@pytest.fixture
+def restarted(executor: Executor, request: pytest.FixtureRequest) -> Executor:
+    """A second executor of the same kind, as a restarted agent builds it."""
+    return make_executor(request.node.callspec.params["executor"])
+
+
+async def test_adopt_a_running_attempt_and_see_its_exit_code(
+    executor: Executor,
+    restarted: Executor,
+    launch: Callable[..., LaunchSpec],
+    tmp_path: Path,
+) -> None:
+    go = tmp_path / "go"
+    spec = launch(["sh", "-c", f'while [ ! -e "{go}" ]; do sleep 0.02; done; echo done; exit 5'])
+    first = await executor.start(spec)
+    adopted = await restarted.adopt(first.identity, spec, started_at=time.time())
+    assert adopted is not None
+    assert (adopted.identity, adopted.pid) == (first.identity, first.pid)
+    go.touch()
+    result = await asyncio.wait_for(adopted.wait(), 5)
+    assert (result.exit_code, result.signal, result.timed_out) == (5, None, False)
+    assert spec.stdout_path.read_text() == "done\n"
+    assert await adopted.wait() == result
+    assert await adopted.terminate(0.1) == result
+    assert await asyncio.wait_for(first.wait(), 5) == result
+
+
+async def test_adopt_then_terminate(
+    executor: Executor,
+    restarted: Executor,
+    launch: Callable[..., LaunchSpec],
+    wait_until: Callable[..., Any],
+) -> None:
+    spec = launch(["sh", "-c", "echo ready; exec sleep 600"])
+    first = await executor.start(spec)
+    await wait_until(lambda: spec.stdout_path.read_text() == "ready\n")
+    adopted = await restarted.adopt(first.identity, spec)
+    assert adopted is not None
+    result = await asyncio.wait_for(adopted.terminate(2.0), 5)
+    assert (result.signal, result.message) == (signal.SIGTERM, "killed by signal SIGTERM")
+    assert await asyncio.wait_for(first.wait(), 5) == result
+
+
+async def test_adopt_then_sigkill_after_grace_when_sigterm_is_ignored(
+    executor: Executor,
+    restarted: Executor,
+    launch: Callable[..., LaunchSpec],
+    wait_until: Callable[..., Any],
+) -> None:
+    spec = launch(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"])
+    first = await executor.start(spec)
+    await wait_until(lambda: spec.stdout_path.read_text() == "ready\n")
+    adopted = await restarted.adopt(first.identity, spec)
+    assert adopted is not None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await asyncio.wait_for(adopted.terminate(0.3), 5)
+    assert loop.time() - started >= 0.3
+    assert (result.signal, result.message) == (signal.SIGKILL, "killed by signal SIGKILL")
+    await asyncio.wait_for(first.wait(), 5)
+
+
+async def test_adopted_max_runtime_counts_from_the_original_start(
+    executor: Executor,
+    restarted: Executor,
+    launch: Callable[..., LaunchSpec],
+) -> None:
+    first_spec = launch(["sleep", "600"], kill_grace_seconds=0.5)
+    first = await executor.start(first_spec)
+    # The restarted agent rebuilds the spec with the attempt's limit, 30 s, of which 29.7 s are up.
+    spec = dataclasses.replace(first_spec, max_runtime_seconds=30.0)
+    adopted = await restarted.adopt(first.identity, spec, started_at=time.time() - 29.7)
+    assert adopted is not None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await asyncio.wait_for(adopted.wait(), 5)
+    assert 0.1 < loop.time() - started < 2
+    assert result.timed_out and result.message == "exceeded max runtime 30s"
+    await asyncio.wait_for(first.wait(), 5)
+
+    # Already past its limit when adopted: stopped straight away.
+    first = await executor.start(launch(["sleep", "600"], kill_grace_seconds=0.5))
+    adopted = await restarted.adopt(first.identity, spec, started_at=time.time() - 60)
+    assert adopted is not None
+    result = await asyncio.wait_for(adopted.wait(), 2)
+    assert result.timed_out_after == 30.0
+    await asyncio.wait_for(first.wait(), 5)
+
+
+async def test_an_attempt_that_ended_unwatched_is_not_adopted_but_its_result_is_known(
+    executor: Executor,
+    restarted: Executor,
+    launch: Callable[..., LaunchSpec],
+) -> None:
+    for argv, expected in (
+        (["sh", "-c", "exit 3"], ExitResult(3)),
+        (["sh", "-c", "kill -KILL $$"], ExitResult(None, signal.SIGKILL)),
+    ):
+        spec = launch(argv)
+        handle = await executor.start(spec)
+        await handle.wait()
+        assert await restarted.adopt(handle.identity, spec, started_at=time.time()) is None
+        assert await restarted.finished_result(handle.identity, spec) == expected
+    never_ran = launch(["true"])
+    assert await restarted.finished_result("", never_ran) is None
+    assert await restarted.adopt("not-an-identity", never_ran) is None

@@ -93,7 +93,7 @@ async def test_follow_streams_until_the_attempt_ends(
             while (chunk := await call.read()) is not grpc.aio.EOF:
                 received += chunk.data
     assert received == b"first\nsecond\n"
-    assert [u.state for u in dispatcher.statuses_of("j-f")][-1] == SUCCEEDED
+    await dispatcher.wait_status("j-f", state=SUCCEEDED)  # a stream of its own: no order
 
 
 async def test_unknown_attempt_is_not_found(agent: AgentServer) -> None:

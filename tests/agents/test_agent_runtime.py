@@ -129,14 +129,29 @@ async def test_open_reports_attempts_a_previous_run_left(config: AgentConfig) ->
     journal.record_accepted("j-gone", 1, gpu_type="H100", gpu_slots=(0,), now=1.0)
     journal.record_started("j-gone", 1, identity=f"local:{gone_pid}:1", pid=gone_pid, now=2.0)
     journal.record_accepted("j-unstarted", 1, gpu_type="", gpu_slots=(), now=3.0)
+    # one that ended while no agent watched: its launch shim left its exit status behind
+    journal.record_accepted("j-ended", 1, gpu_type="", gpu_slots=(), now=4.0, command=("x",))
+    journal.record_started("j-ended", 1, identity=f"local:{gone_pid}:1", pid=gone_pid, now=5.0)
+    ended_dir = config.attempts_dir / "j-ended" / "1"
+    ended_dir.mkdir(parents=True)
+    (ended_dir / "exit.json").write_text('{"returncode": 3}\n')
     journal.close()
 
     rt = AgentRuntime(config, executor=LocalExecutor())
     await rt.open()
     try:
-        finals = {u.job_id: u for u in rt.pending_updates() if u.state is JobState.FAILED}
-        assert finals["j-gone"].message == "agent restarted; process gone"
-        assert finals["j-unstarted"].message == "agent restarted before the process started"
+        finals = {u.job_id: u for u in rt.pending_updates()}
+        # gone without a word: LOST, so the control plane runs them again without counting
+        assert (finals["j-gone"].state, finals["j-gone"].message) == (
+            JobState.LOST,
+            "agent restarted; process gone",
+        )
+        assert (finals["j-unstarted"].state, finals["j-unstarted"].message) == (
+            JobState.LOST,
+            "agent restarted before it started",
+        )
+        assert (finals["j-ended"].state, finals["j-ended"].exit_code) == (JobState.FAILED, 3)
+        assert "ended while the agent was down" in finals["j-ended"].message
         assert rt.capacity().gpus_free["H100"] == 4  # nothing held by the dead attempts
         (dup,) = rt.dispatch([request("j-gone")])
         assert dup.duplicate

@@ -77,7 +77,11 @@ async def federation(
     sites: Iterable[SiteConfig] = DEMO_SITES,
     tenants: Iterable[types_pb2.Tenant] = (),
     kill_grace_seconds: float = 2.0,
+    heartbeat_interval_seconds: float = 0.5,
+    lost_after_seconds: float = 60.0,
 ) -> AsyncIterator[Federation]:
+    """A running federation; agents get the lease ``ControlPlaneConfig`` would give them."""
+    lease = lost_after_seconds - kill_grace_seconds - heartbeat_interval_seconds
     store = JobStore.from_config(redis_config)
     agents: dict[str, AgentServer] = {}
     stop = asyncio.Event()
@@ -100,13 +104,21 @@ async def federation(
         dispatcher = Dispatcher(
             store,
             DispatcherOptions(
-                heartbeat_interval_seconds=0.5,
+                heartbeat_interval_seconds=heartbeat_interval_seconds,
                 kill_grace_seconds=kill_grace_seconds,
+                lease_seconds=lease,
                 refresh_seconds=0.5,
                 sweep_seconds=0.5,
             ),
         )
-        scheduler = Scheduler(store, config=SchedulerConfig(idle_interval_seconds=0.02))
+        scheduler = Scheduler(
+            store,
+            config=SchedulerConfig(
+                idle_interval_seconds=0.02,
+                lost_after_seconds=lost_after_seconds,
+                site_stale_after_seconds=min(15.0, lost_after_seconds / 2),
+            ),
+        )
         fed = Federation(store, agents, dispatcher, scheduler)
         fed.tasks = [
             asyncio.create_task(dispatcher.run_forever(stop)),

@@ -9,9 +9,10 @@ import pytest
 
 SURFACES = {
     "orchestrator.store": [
-        "Ack", "Assignment", "Decision", "JobStore", "Keys", "LocalRedis", "PendingRef",
-        "RunningRecord", "SiteRecord", "StatusReport", "TenantRecord", "Victim",
-        "find_redis_server", "free_port", "pending_score",
+        "Ack", "Assignment", "Decision", "EpochGuard", "HeldAttempt", "JobStore", "Keys",
+        "LocalRedis", "PendingRef", "Reconciliation", "Rollback", "RunningRecord", "SiteRecord",
+        "StatusReport", "TenantRecord", "Victim", "find_redis_server", "free_port",
+        "pending_score",
     ],
     "orchestrator.scheduler": [
         "CycleStats", "DefaultPolicy", "Explanation", "JobExplanation", "JobRequest", "Placed",

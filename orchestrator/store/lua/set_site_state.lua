@@ -6,6 +6,7 @@ local p, site = ARGV[1], ARGV[2]
 local skey = p .. 'site:' .. site
 if redis.call('EXISTS', skey) == 0 then return 0 end
 redis.call('HSET', skey, 'state', ARGV[3], 'state_changed', ARGV[4])
+redis.call('HDEL', skey, 'state_before_lost')  -- an operator's word wins over a return from LOST
 redis.call('INCR', p .. 'sites:ver')
 redis.call('PUBLISH', p .. 'wake', '1')
 return 1

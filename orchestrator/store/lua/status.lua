@@ -1,10 +1,11 @@
 -- Apply a batch of status updates reported by a site's agent. An update for another site or
 -- another attempt than the job's current one is stale and changes nothing. A requested cancel
 -- wins over any late terminal report. A FAILED attempt is requeued while the job's own failures
--- stay under its max attempts. A PREEMPTED attempt that ended is requeued (not a failure).
+-- stay under its max attempts. A PREEMPTED attempt that ended is requeued (not a failure), and
+-- so is a LOST one (its agent stopped it when its lease ran out).
 -- KEYS: none (built from the prefix).
 -- ARGV: 1 prefix, 2 site id, 3 now (s), 4 events maxlen, then 5 per update:
---       job id, attempt, new state (4 RUNNING, 5 SUCCEEDED, 6 FAILED, 7 CANCELLED),
+--       job id, attempt, new state (4 RUNNING, 5 SUCCEEDED, 6 FAILED, 7 CANCELLED, 9 LOST),
 --       exit code ('' for none), message
 -- Returns: one code per update: 'ok', 'retry', 'dup' or 'stale'
 local p, site, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -25,6 +26,15 @@ for i = 5, #ARGV, 5 do
       elseif cur == '4' or cur == '8' then
         code = 'dup'
       end
+    elseif new == '9' and (cur == '3' or cur == '4' or cur == '8') then
+      -- the agent stopped the attempt itself (its lease ran out): not the job's failure
+      if j.cancel == '1' then
+        finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now, maxlen)
+      else
+        emit(p, id, '9', attempt, site, msg, now, exit_code, maxlen)
+        requeue(p, id, j, 'attempt ' .. attempt .. ' lost (' .. msg .. '); requeued', now, maxlen)
+      end
+      code = 'retry'
     elseif (new == '5' or new == '6' or new == '7') and (cur == '3' or cur == '4' or cur == '8') then
       local fails = (tonumber(j.fails) or 0) + (new == '6' and 1 or 0)
       if j.cancel == '1' then
