@@ -14,10 +14,25 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-__all__ = ["LoopThread"]
+__all__ = ["LoopThread", "cancel_and_wait"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+async def cancel_and_wait(task: asyncio.Task[object], *, poll_seconds: float = 0.1) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again while it runs on.
+
+    On Python 3.11, ``asyncio.wait_for`` (which redis-py wraps around every command when a
+    socket timeout is set) can swallow a cancel that lands as the inner call finishes; the task
+    then carries on, and a plain ``task.cancel(); await task`` waits forever. Its outcome
+    (result, exception or cancellation) is consumed here.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=poll_seconds)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("task %s ended with %r", task.get_name(), task.exception())
 
 
 class LoopThread:

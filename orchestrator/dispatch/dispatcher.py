@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import grpc.aio
 
 from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
 from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator.background import cancel_and_wait
 from orchestrator.crashpoints import crash_point
 from orchestrator.errors import StoreUnavailableError
 from orchestrator.states import JobState
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 tracer = get_tracer(__name__)
 
 _BATCH = 500
+_MIN_BACKOFF = 0.2
+_MAX_BACKOFF = 5.0
 _Writer = Callable[[agent_pb2.ControlMessage], Awaitable[None]]
 _MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -82,6 +84,8 @@ class _SiteLink:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
+        self.greeted = False
+        """Whether the last stream got as far as the agent's hello."""
 
     @property
     def site_id(self) -> str:
@@ -92,14 +96,16 @@ class _SiteLink:
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await cancel_and_wait(self.task)
 
     async def _run(self) -> None:
-        backoff = 0.2
+        # Reconnect quickly: a site silent for long is declared lost and its agent stops its
+        # jobs, so the wait between tries stays well under the agent's lease, and starts over
+        # after every stream that got as far as the hello.
+        lease = self.opts.lease_seconds
+        longest = min(_MAX_BACKOFF, lease / 4) if lease > 0 else _MAX_BACKOFF
+        backoff = _MIN_BACKOFF
         while True:
-            started = time.monotonic()
             try:
                 await self._session()
             except asyncio.CancelledError:
@@ -108,6 +114,8 @@ class _SiteLink:
                 log.info(
                     "site %s: stream ended: %s %s", self.site_id, exc.code().name, exc.details()
                 )
+            except (ConnectionError, asyncio.InvalidStateError) as exc:
+                log.info("site %s: stream ended: %s", self.site_id, exc)
             except StoreUnavailableError as exc:
                 log.warning("site %s: %s", self.site_id, exc)
             except Exception:
@@ -119,10 +127,10 @@ class _SiteLink:
                         await self.store.record_disconnect(
                             self.site_id, dispatcher_id=self.opts.dispatcher_id
                         )
-            if time.monotonic() - started > 10:
-                backoff = 0.2
+            if self.greeted:
+                backoff = _MIN_BACKOFF
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, max(longest, _MIN_BACKOFF))
 
     async def _session(self) -> None:
         options = [
@@ -133,6 +141,7 @@ class _SiteLink:
         async with grpc.aio.insecure_channel(self.site.endpoint, options=options) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect()
+            self.greeted = False
             write_lock = asyncio.Lock()
 
             async def write(msg: agent_pb2.ControlMessage) -> None:
@@ -153,6 +162,7 @@ class _SiteLink:
             if not isinstance(first, agent_pb2.AgentMessage) or not first.HasField("hello"):
                 raise ConnectionError(f"site {self.site_id}: agent sent no hello")
             hello = first.hello
+            self.greeted = True
             if hello.site_id != self.site_id:
                 raise ConnectionError(
                     f"agent at {self.site.endpoint} is site {hello.site_id!r}, not {self.site_id!r}"
@@ -182,9 +192,7 @@ class _SiteLink:
                     task.result()  # raise what ended the session
             finally:
                 for task in (reader, sender):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                    await cancel_and_wait(task)
                 call.cancel()
 
     async def _reconcile(self, hello: agent_pb2.AgentHello, write: _Writer) -> None:
@@ -360,9 +368,7 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.opts.refresh_seconds)
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await cancel_and_wait(listener)
             for link in self.links.values():
                 await link.stop()
             self.links.clear()

@@ -24,6 +24,7 @@ from orchestrator.scheduler.model import PlacementResult
 from orchestrator.scheduler.placement import DefaultPolicy, Policy
 from orchestrator.scheduler.snapshot import job_request, read_snapshot, read_tenants
 from orchestrator.store import Decision, EpochGuard, JobStore, SiteRecord, Victim
+from orchestrator.store.store import unavailable_as_error
 from orchestrator.tracing import context_from_traceparent, get_tracer
 
 __all__ = ["CycleStats", "Scheduler"]
@@ -219,7 +220,8 @@ class Scheduler:
             while not stop.is_set():
                 try:
                     if not subscribed:
-                        await pubsub.subscribe(self.store.keys.wake_channel)
+                        with unavailable_as_error():
+                            await pubsub.subscribe(self.store.keys.wake_channel)
                         subscribed = True
                     stats = await self.run_once()
                     backoff = 0.1

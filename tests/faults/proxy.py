@@ -198,7 +198,11 @@ class _Pipe:
             dst.close()
         else:
             if dst.can_write_eof():
-                dst.write_eof()
+                try:
+                    dst.write_eof()
+                except OSError:  # the peer reset the connection meanwhile: nothing to half-close
+                    dst.abort()
+                    return
             self.eof_sent = True
             self.src.conn.maybe_close()
 

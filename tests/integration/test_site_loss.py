@@ -241,3 +241,21 @@ async def wait_outbox_empty(agent: AgentServer, timeout: float = 10) -> None:
     while agent.runtime.pending_updates():
         assert time.monotonic() < deadline, agent.runtime.pending_updates()
         await asyncio.sleep(0.05)
+
+
+async def test_a_cancel_wins_over_late_running_and_succeeded_reports(store: JobStore) -> None:
+    """A cancel made while the site was cut off: the agent's late reports cannot undo it."""
+    await store.register_site(site())
+    job, _ = await store.submit(spec("a"))
+    assert await place(store, job) == "ok"
+    await store.take_outbox("narvik", limit=10, resend=False)
+    await store.cancel(job.id)
+    assert await store.pending_cancels("narvik") == [(job.id, 1)]  # sent again on reconnect
+    late = [
+        StatusReport(job.id, 1, JobState.RUNNING),
+        StatusReport(job.id, 1, JobState.SUCCEEDED, exit_code=0),
+    ]
+    assert await store.apply_status("narvik", late) == ["ok", "ok"]
+    final = await store.get_job(job.id)
+    assert final.state == JobState.CANCELLED.value
+    assert await store.pending_cancels("narvik") == []
