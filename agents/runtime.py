@@ -317,15 +317,13 @@ class AgentRuntime:
         self, record: AttemptRecord, state: AttemptState, exit_code: int | None, message: str
     ) -> None:
         log.warning("%s attempt %d: %s", record.job_id, record.attempt, message)
-        self._emit(
-            self._require_journal().record_finished(
-                record.job_id,
-                record.attempt,
-                state=state,
-                exit_code=exit_code,
-                message=message,
-                now=self._clock(),
-            )
+        self._emit(self._journal_end(record.job_id, record.attempt, state, exit_code, message))
+
+    def _journal_end(
+        self, job_id: str, attempt: int, state: AttemptState, exit_code: int | None, message: str
+    ) -> StatusRecord:
+        return self._require_journal().record_finished(
+            job_id, attempt, state=state, exit_code=exit_code, message=message, now=self._clock()
         )
 
     async def close(self, *, grace_seconds: float | None = None) -> None:
@@ -682,14 +680,7 @@ class AgentRuntime:
         self, att: _Attempt, state: AttemptState, exit_code: int | None, message: str
     ) -> None:
         req = att.request
-        record = self._require_journal().record_finished(
-            req.job_id,
-            req.attempt,
-            state=state,
-            exit_code=exit_code,
-            message=message,
-            now=self._clock(),
-        )
+        record = self._journal_end(req.job_id, req.attempt, state, exit_code, message)
         self._gpus.release(att.allocation)
         del self._active[att.key]
         att.ended.set()

@@ -54,14 +54,7 @@ async def _serve(role: str, config: ControlPlaneConfig, index: int) -> None:
             scheduler = Scheduler(store, config=config.scheduler)
             run = asyncio.create_task(scheduler.run_forever(stop))
         else:
-            options = DispatcherOptions(
-                index=index,
-                count=config.dispatchers,
-                dispatcher_id=f"dispatcher-{index}@{os.getpid()}",
-                heartbeat_interval_seconds=config.heartbeat_interval_seconds,
-                kill_grace_seconds=config.kill_grace_seconds,
-                lease_seconds=config.lease_seconds,
-            )
+            options = DispatcherOptions.from_config(config, index=index)
             run = asyncio.create_task(Dispatcher(store, options).run_forever(stop))
         print(f"{role} running", flush=True)
         await _until_signalled(run, stop)

@@ -26,14 +26,7 @@ class DispatcherActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         configure_tracing("sg-dispatcher", otel_env)
         self._config = config
-        self._options = DispatcherOptions(
-            index=index,
-            count=config.dispatchers,
-            dispatcher_id=f"dispatcher-{index}@{os.getpid()}",
-            heartbeat_interval_seconds=config.heartbeat_interval_seconds,
-            kill_grace_seconds=config.kill_grace_seconds,
-            lease_seconds=config.lease_seconds,
-        )
+        self._options = DispatcherOptions.from_config(config, index=index)
         self._dispatcher: Dispatcher | None = None
         self._thread = LoopThread(
             self._main, name=f"dispatcher-{index}", exit_process_if_it_ends=True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import grpc.aio
 from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.background import cancel_and_wait
+from orchestrator.config import ControlPlaneConfig
 from orchestrator.crashpoints import crash_point
 from orchestrator.errors import StoreUnavailableError
 from orchestrator.states import JobState
@@ -72,6 +74,19 @@ class DispatcherOptions:
     """How often the site registry is re-read for sites to connect or drop."""
     sweep_seconds: float = 1.0
     """How often each site's outbox and cancels are looked at without a notification."""
+
+    @classmethod
+    def from_config(cls, config: ControlPlaneConfig, *, index: int) -> DispatcherOptions:
+        """Dispatcher ``index`` of the control plane ``config`` describes, named after it
+        and this process."""
+        return cls(
+            index=index,
+            count=config.dispatchers,
+            dispatcher_id=f"dispatcher-{index}@{os.getpid()}",
+            heartbeat_interval_seconds=config.heartbeat_interval_seconds,
+            kill_grace_seconds=config.kill_grace_seconds,
+            lease_seconds=config.lease_seconds,
+        )
 
 
 class _SiteLink:
