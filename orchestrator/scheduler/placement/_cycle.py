@@ -6,6 +6,7 @@ Part of ``orchestrator.scheduler.placement``; see its docstring for how a cycle 
 from __future__ import annotations
 
 from bisect import bisect_left
+from functools import cached_property
 
 from orchestrator.scheduler.model import (
     JobRequest,
@@ -26,10 +27,8 @@ class _Cycle:
         views = snapshot.sites
         sites = _sites(views, w)
         self.sites = sites
-        self.by_id = {s.site_id: s for s in sites}
         entries = sorted([(-s.base, s.site_id, s) for s in sites])
         self.entries = entries
-        self.ordered = [e[2] for e in entries]
         home_of: dict[str, list[_Site]] = {}
         by_jur: dict[str, list[_Entry]] = {}
         for i, entry in enumerate(entries):
@@ -54,6 +53,11 @@ class _Cycle:
         self._homes: dict[tuple[frozenset[str], str], list[_Site]] = {}
         self._ctx: dict[tuple[frozenset[str], str, frozenset[str]], _Ctx] = {}
         self._ctx_of: dict[tuple[frozenset[str], str, tuple[str, ...]], _Ctx] = {}
+
+    @cached_property
+    def by_id(self) -> dict[str, _Site]:
+        """Sites by id (built when first needed: preferred sites, preemption)."""
+        return {s.site_id: s for s in self.sites}
 
     def tenant(self, name: str) -> _Tenant:
         t = self.tenants.get(name)
