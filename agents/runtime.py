@@ -56,6 +56,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NOT_RUNNING_HERE = "not running at this site"
+_NOT_STARTED = "agent restarted before it started"
 
 
 class AttemptNotFoundError(NotFoundError):
@@ -243,11 +244,11 @@ class AgentRuntime:
 
     async def _settle(self, record: AttemptRecord) -> None:
         """One attempt a previous agent process left unfinished (see ``open``)."""
-        if record.state is not AttemptState.RUNNING or not record.identity:
-            self._record_end(record, AttemptState.LOST, None, "agent restarted before it started")
-            return
         grace = self._config.kill_grace_seconds
         if not record.command:  # journaled before commands were: it cannot be re-adopted
+            if record.state is not AttemptState.RUNNING or not record.identity:
+                self._record_end(record, AttemptState.LOST, None, _NOT_STARTED)
+                return
             stopped = await self._executor.stop_orphan(record.identity, grace_seconds=grace)
             how = "terminated" if stopped else "gone"
             self._record_end(record, AttemptState.LOST, None, f"agent restarted; process {how}")
@@ -260,11 +261,15 @@ class AgentRuntime:
             max_runtime_seconds=record.max_runtime_seconds,
             traceparent="",
         )
-        handle = await self._executor.adopt(record.identity, spec, started_at=record.started_at)
+        identity = record.identity or await self._executor.launched_identity(spec)
+        if not identity:
+            self._record_end(record, AttemptState.LOST, None, _NOT_STARTED)
+            return
+        handle = await self._executor.adopt(identity, spec, started_at=record.started_at)
         if handle is not None:
             self._readopt(record, handle)
             return
-        result = await self._executor.finished_result(record.identity, spec)
+        result = await self._executor.finished_result(identity, spec)
         if result is None:
             self._record_end(
                 record, AttemptState.LOST, None, "agent restarted; process gone, no exit status"
@@ -279,6 +284,16 @@ class AgentRuntime:
     def _readopt(self, record: AttemptRecord, handle: AttemptHandle) -> None:
         allocation = GpuAllocation(record.gpu_type, record.gpu_slots)
         self._gpus.claim(allocation)
+        if record.state is AttemptState.ACCEPTED:  # the last run died before journaling its start
+            self._emit(
+                self._require_journal().record_started(
+                    record.job_id,
+                    record.attempt,
+                    identity=handle.identity,
+                    pid=handle.pid,
+                    now=self._clock(),
+                )
+            )
         req = AttemptRequest(
             job_id=record.job_id,
             attempt=record.attempt,

@@ -229,6 +229,11 @@ class Executor(Protocol):
         """
         ...
 
+    async def launched_identity(self, spec: LaunchSpec) -> str | None:
+        """The identity of an attempt started for ``spec`` whose start an earlier agent process
+        never journaled (it died right after starting it), or None if it was never started."""
+        ...
+
     async def stop_orphan(self, identity: str, *, grace_seconds: float) -> bool:
         """Stop what is left of an attempt started by an earlier agent process.
 

@@ -61,6 +61,11 @@ def exit_status_path(spec: LaunchSpec) -> Path:
     return spec.stdout_path.parent / "exit.json"
 
 
+def _identity_path(spec: LaunchSpec) -> Path:
+    """Where the shim writes its own identity as it starts, before the job exists."""
+    return spec.stdout_path.parent / "shim.identity"
+
+
 class LocalExecutor:
     """Runs attempts as local process groups. See ``agents.executors.base`` for the contract."""
 
@@ -90,6 +95,7 @@ class LocalExecutor:
         out, err = _open_outputs(spec)
         with out, err:
             status_path.unlink(missing_ok=True)
+            _identity_path(spec).unlink(missing_ok=True)
             report_fd, shim_end = os.pipe()
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -177,6 +183,15 @@ class LocalExecutor:
         """
         returncode = _read_status(exit_status_path(spec))
         return None if returncode is None else ExitResult.from_returncode(returncode)
+
+    async def launched_identity(self, spec: LaunchSpec) -> str | None:
+        """The identity of an attempt started for ``spec`` that its agent never journaled (the
+        shim writes it before the job starts), or None if none was started."""
+        try:
+            text = _identity_path(spec).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if _parse_identity(text) is not None else None
 
     async def stop_orphan(self, identity: str, *, grace_seconds: float) -> bool:
         """Stop the process group of an attempt a previous agent process started."""

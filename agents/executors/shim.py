@@ -102,6 +102,9 @@ def main(args: list[str]) -> int:
     received[_signal.SIGCHLD] = _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     if report_fd >= 0:
         posix.set_inheritable(report_fd, False)
+    # Before the job exists: an agent that dies before journaling this attempt's identity
+    # finds it here after a restart, and the job is never left running unknown to it.
+    _write_status(_identity_path(status_path), f"local:{posix.getpid()}:{_own_start_time()}\n")
     try:
         pid = _spawn(argv, _received_environment(), received)
     except OSError as exc:
@@ -149,6 +152,22 @@ def _wait_within_lease(pid: int, lease_file: str, grace: float) -> int:
         elif now >= killing_at:
             posix.killpg(posix.getpgid(0), _signal.SIGKILL)  # the shim with it
         time.sleep(_LEASE_POLL_SECONDS)
+
+
+def _identity_path(status_path: str) -> str:
+    """``shim.identity`` beside the status file (the executor reads it there)."""
+    head, sep, _ = status_path.rpartition("/")
+    return f"{head}{sep}shim.identity"
+
+
+def _own_start_time() -> int:
+    """This process's start time in clock ticks since boot (field 22 of /proc/self/stat)."""
+    fd = posix.open("/proc/self/stat", posix.O_RDONLY | posix.O_CLOEXEC)
+    try:
+        data = posix.read(fd, 4096)
+    finally:
+        posix.close(fd)
+    return int(data[data.rfind(b")") + 2 :].split()[19])
 
 
 def _lease_until(path: str) -> float:

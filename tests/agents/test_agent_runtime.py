@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from agents import (
     Journal,
     LocalExecutor,
 )
+from agents.executors.base import LaunchSpec
+from agents.journal import AttemptState
 from orchestrator.states import JobState
 
 
@@ -186,3 +189,47 @@ async def test_agent_refuses_work_over_its_power_cap_and_expands_groups(tmp_path
         assert runtime.capacity().gpus_free == {"H100": 8}  # the refused job holds nothing
     finally:
         await runtime.close(grace_seconds=0.5)
+
+
+async def test_a_start_the_last_run_never_journaled_is_found_and_re_adopted(
+    config: AgentConfig, tmp_path: Path
+) -> None:
+    """The agent died between starting an attempt's process and journaling it: the launch shim
+    wrote its own identity before the job existed, so the restarted agent still finds the job
+    (and reports it RUNNING) instead of leaving it running unknown while it is run again."""
+    env = {"PATH": os.environ.get("PATH", os.defpath)}
+    journal = Journal(config.journal_path)
+    journal.record_accepted(
+        "j-unjournaled", 1, gpu_type="H100", gpu_slots=(1,), now=1.0, command=("sleep", "600")
+    )
+    journal.close()
+    directory = config.attempts_dir / "j-unjournaled" / "1"
+    spec = LaunchSpec(
+        job_id="j-unjournaled",
+        attempt=1,
+        argv=("sleep", "600"),
+        working_dir=directory / "work",
+        stdout_path=directory / "stdout.log",
+        stderr_path=directory / "stderr.log",
+    )
+    orphan = await LocalExecutor(base_env=env).start(spec)  # then the agent "dies"
+    config.lease_path.write_text(f"{time.time() + 60:.3f}\n")  # its lease still runs
+    rt = AgentRuntime(config, executor=LocalExecutor(base_env=env))
+    await rt.open()
+    try:
+        assert [(j, s) for j, _, s in rt.held()] == [("j-unjournaled", AttemptState.RUNNING)]
+        assert rt.capacity().gpus_free["H100"] == 3  # its GPU slot is held again
+        [update] = rt.pending_updates()
+        assert (update.job_id, update.state) == ("j-unjournaled", JobState.RUNNING)
+        rt.cancel([CancelRequest("j-unjournaled", 1, grace_seconds=0.2)])
+        while rt.capacity().running:
+            await asyncio.sleep(0.02)
+        assert rt.pending_updates()[-1].state is JobState.CANCELLED
+        assert not os.path.exists(f"/proc/{orphan.pid}") or _zombie(orphan.pid)
+    finally:
+        await rt.close(grace_seconds=0.2)
+
+
+def _zombie(pid: int) -> bool:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    return data[data.rfind(b")") + 2 :].split()[0] == b"Z"
