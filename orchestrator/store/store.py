@@ -6,7 +6,6 @@ reached raises ``StoreUnavailableError`` and nothing is half-written (each chang
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 import logging
@@ -259,7 +258,6 @@ class JobStore:
         # Blocking reads (event followers) hold a connection for a while: they get their own
         # pool, so that many watchers never starve submits of connections.
         self._watch_client = watch_client or client
-        self._dropping: asyncio.Future[Any] | None = None
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> JobStore:
@@ -290,21 +288,7 @@ class JobStore:
         )
 
     def _unavailable(self) -> Any:
-        return unavailable_as_error(self._drop_idle_connections)
-
-    def _drop_idle_connections(self) -> None:
-        """After a connection failed (Redis restarted, say), close the pools' idle connections
-        too, so that the next commands connect afresh instead of each failing once on a dead
-        socket. Commands are not retried: a script whose reply was lost may have run."""
-        if self._dropping is not None and not self._dropping.done():
-            return
-        pools = {id(c): c.connection_pool for c in (self.client, self._watch_client)}
-        self._dropping = asyncio.ensure_future(
-            asyncio.gather(
-                *(p.disconnect(inuse_connections=False) for p in pools.values()),
-                return_exceptions=True,
-            )
-        )
+        return unavailable_as_error()
 
     async def close(self) -> None:
         """Close the connection pools."""
