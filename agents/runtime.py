@@ -515,21 +515,22 @@ class AgentRuntime:
         """Seconds left on the lease (negative once expired), or None before the first one."""
         return self._lease.remaining(time.monotonic())
 
-    def held(self) -> list[tuple[str, int, AttemptState]]:
-        """Every attempt this agent holds, for a new stream's hello: accepted or running, and
-        ended ones whose status update is not acknowledged yet (their last state)."""
+    def held(self) -> list[tuple[str, int, JobState]]:
+        """Every attempt this agent holds, for a new stream's hello, as the control plane names
+        its state: DISPATCHED (accepted, not started) or RUNNING, and for an ended one whose
+        status update is not acknowledged yet, the state that update reports."""
         out = {
             att.key: (
-                AttemptState.RUNNING
+                JobState.RUNNING
                 if att.handle is not None and not att.ended.is_set()
-                else AttemptState.ACCEPTED
+                else JobState.DISPATCHED
             )
             for att in self._active.values()
         }
         for record in self._outbox.values():
             key = (record.job_id, record.attempt)
             if key not in self._active:
-                out[key] = _ATTEMPT_STATE[record.state]
+                out[key] = record.state
         return [(job_id, attempt, state) for (job_id, attempt), state in sorted(out.items())]
 
     def reconcile(
@@ -786,15 +787,6 @@ class AgentRuntime:
         if not name.strip("."):
             name = name.replace(".", "%2E")
         return self._config.attempts_dir / name / str(attempt)
-
-
-_ATTEMPT_STATE = {
-    JobState.RUNNING: AttemptState.RUNNING,
-    JobState.SUCCEEDED: AttemptState.SUCCEEDED,
-    JobState.FAILED: AttemptState.FAILED,
-    JobState.CANCELLED: AttemptState.CANCELLED,
-    JobState.LOST: AttemptState.LOST,
-}
 
 
 class _Lease:

@@ -36,7 +36,7 @@ from opentelemetry.trace import Tracer
 from agents.config import AgentConfig
 from agents.executors.base import Executor
 from agents.executors.local import LocalExecutor
-from agents.journal import AttemptState, StatusRecord
+from agents.journal import StatusRecord
 from agents.logs import OutputStream, read_output
 from agents.runtime import AgentRuntime, AttemptRequest, CancelRequest, Capacity
 from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -48,7 +48,6 @@ from orchestrator.errors import (
     OrchestratorError,
 )
 from orchestrator.jurisdictions import expand
-from orchestrator.states import JobState
 
 __all__ = ["AgentServer", "AgentService"]
 
@@ -58,15 +57,6 @@ SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 _MIN_HEARTBEAT_SECONDS = 0.01
 _MAX_HEARTBEAT_SECONDS = 3600.0
-
-_JOB_STATE_OF = {
-    AttemptState.ACCEPTED: JobState.DISPATCHED,
-    AttemptState.RUNNING: JobState.RUNNING,
-    AttemptState.SUCCEEDED: JobState.SUCCEEDED,
-    AttemptState.FAILED: JobState.FAILED,
-    AttemptState.CANCELLED: JobState.CANCELLED,
-    AttemptState.LOST: JobState.LOST,
-}
 
 _LOG_STREAMS = {
     service_pb2.LOG_STREAM_STDOUT: OutputStream.STDOUT,
@@ -171,9 +161,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     version=self._config.version,
                     capacity=_capacity(self._runtime.capacity()),
                     held=[
-                        agent_pb2.HeldAttempt(
-                            job_id=job_id, attempt=attempt, state=_JOB_STATE_OF[state].value
-                        )
+                        agent_pb2.HeldAttempt(job_id=job_id, attempt=attempt, state=state.value)
                         for job_id, attempt, state in self._runtime.held()
                     ],
                     heartbeat_seq=self._runtime.next_heartbeat(),

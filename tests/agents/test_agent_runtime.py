@@ -23,7 +23,6 @@ from agents import (
     LocalExecutor,
 )
 from agents.executors.base import LaunchSpec
-from agents.journal import AttemptState
 from orchestrator.states import JobState
 
 
@@ -217,7 +216,7 @@ async def test_a_start_the_last_run_never_journaled_is_found_and_re_adopted(
     rt = AgentRuntime(config, executor=LocalExecutor(base_env=env))
     await rt.open()
     try:
-        assert [(j, s) for j, _, s in rt.held()] == [("j-unjournaled", AttemptState.RUNNING)]
+        assert [(j, s) for j, _, s in rt.held()] == [("j-unjournaled", JobState.RUNNING)]
         assert rt.capacity().gpus_free["H100"] == 3  # its GPU slot is held again
         [update] = rt.pending_updates()
         assert (update.job_id, update.state) == ("j-unjournaled", JobState.RUNNING)
