@@ -11,6 +11,10 @@
     ├── ServiceUnavailableError    a service cannot be reached: the API server (SDK side),
     │                              or a site's agent (API side, e.g. for logs)
     ├── WaitTimeoutError           Job.wait() ran out of time (job_id)
+    ├── UnauthenticatedError       no credentials, or ones that are expired, tampered with,
+    │                              for another audience, or already used
+    ├── PermissionDeniedError      the caller is known but may not do this (to this object)
+    ├── RateLimitedError           the caller sent more calls than its rate allows
     └── InternalError              anything else; the server logged its traceback
 
 The API server maps these to gRPC status codes in one table (orchestrator.api.errors) and the
@@ -26,10 +30,13 @@ __all__ = [
     "JobNotFoundError",
     "NotFoundError",
     "OrchestratorError",
+    "PermissionDeniedError",
+    "RateLimitedError",
     "ServiceUnavailableError",
     "SiteNotFoundError",
     "StoreUnavailableError",
     "TenantNotFoundError",
+    "UnauthenticatedError",
     "WaitTimeoutError",
 ]
 
@@ -127,6 +134,36 @@ class WaitTimeoutError(OrchestratorError):
 
     def fields(self) -> dict[str, str]:
         return {"job_id": self.job_id, "state": self.state}
+
+
+class UnauthenticatedError(OrchestratorError):
+    """The call carried no credentials, or ones that cannot be accepted (expired, tampered
+    with, signed by an unknown key, for another audience, or a single-use token already used).
+    The message says which, never the credential itself."""
+
+
+class PermissionDeniedError(OrchestratorError):
+    """The caller is authenticated but may not do this: the method is outside its scopes, or
+    the object (a site, a tenant) belongs to someone else. Objects a caller must not learn
+    exist (another tenant's job) answer NotFoundError instead."""
+
+    def __init__(self, message: str, *, principal: str = "") -> None:
+        super().__init__(message)
+        self.principal = principal
+
+    def fields(self) -> dict[str, str]:
+        return {"principal": self.principal} if self.principal else {}
+
+
+class RateLimitedError(OrchestratorError):
+    """The caller sent more calls than its rate allows; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def fields(self) -> dict[str, str]:
+        return {"retry_after": f"{self.retry_after:.3f}"}
 
 
 class InternalError(OrchestratorError):

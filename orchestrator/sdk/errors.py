@@ -9,6 +9,7 @@ never reached, or something else answered):
 - DEADLINE_EXCEEDED, CANCELLED -> ``ServiceUnavailableError`` (no answer in time; the server
   ended the call, e.g. while shutting down)
 - NOT_FOUND -> ``NotFoundError``; INVALID_ARGUMENT -> ``InvalidSpecError(field="request")``
+- UNAUTHENTICATED -> ``UnauthenticatedError``; PERMISSION_DENIED -> ``PermissionDeniedError``
 - anything else -> ``InternalError`` with the status code name in the message.
 """
 
@@ -27,7 +28,9 @@ from orchestrator.errors import (
     InvalidSpecError,
     NotFoundError,
     OrchestratorError,
+    PermissionDeniedError,
     ServiceUnavailableError,
+    UnauthenticatedError,
 )
 
 __all__ = ["UNREACHABLE_PREFIX", "error_from_rpc", "is_api_unreachable"]
@@ -83,7 +86,17 @@ def error_from_rpc(exc: aio.AioRpcError, *, address: str) -> OrchestratorError:
     if cls is not None:
         return _rebuild(cls, details or class_name, fields)
     if code == grpc.StatusCode.UNAVAILABLE:
+        lowered = details.lower()
+        if "handshake" in lowered or "ssl" in lowered or "certificate" in lowered:
+            return ServiceUnavailableError(
+                f"{UNREACHABLE_PREFIX}{address}: the TLS handshake failed (a CA that does not "
+                "match the server's, or TLS to a plaintext port or the reverse)"
+            )
         return ServiceUnavailableError(f"{UNREACHABLE_PREFIX}{address}; is it running?")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return UnauthenticatedError(details or "not authenticated")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDeniedError(details or "permission denied")
     if code == grpc.StatusCode.CANCELLED:
         return ServiceUnavailableError(
             f"the API server at {address} ended the call (is it shutting down?)"

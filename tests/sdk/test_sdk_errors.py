@@ -12,7 +12,9 @@ from orchestrator.errors import (
     JobNotFoundError,
     NotFoundError,
     OrchestratorError,
+    PermissionDeniedError,
     ServiceUnavailableError,
+    UnauthenticatedError,
     WaitTimeoutError,
 )
 from orchestrator.sdk import error_from_rpc, is_api_unreachable
@@ -30,7 +32,9 @@ def rpc_error(code: grpc.StatusCode, details: str, *meta: tuple[str, str]) -> ai
         (grpc.StatusCode.CANCELLED, ServiceUnavailableError, "ended the call"),
         (grpc.StatusCode.NOT_FOUND, NotFoundError, "no such thing"),
         (grpc.StatusCode.INVALID_ARGUMENT, InvalidSpecError, "no such thing"),
-        (grpc.StatusCode.PERMISSION_DENIED, InternalError, "PERMISSION_DENIED: no such thing"),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDeniedError, "no such thing"),
+        (grpc.StatusCode.UNAUTHENTICATED, UnauthenticatedError, "no such thing"),
+        (grpc.StatusCode.DATA_LOSS, InternalError, "DATA_LOSS: no such thing"),
     ],
 )
 def test_without_metadata(code: grpc.StatusCode, cls: type[OrchestratorError], text: str) -> None:
