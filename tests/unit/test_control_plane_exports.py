@@ -69,6 +69,7 @@ def test_pure_domain_modules_import_no_io_library(module: str) -> None:
         "orchestrator.errors",
         "orchestrator.jurisdictions",
         "orchestrator.scheduler.model",
+        "orchestrator.security.secrets",
     }
     for name in imported:
         if name.startswith("orchestrator.scheduler.placement"):

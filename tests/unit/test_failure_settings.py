@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,12 @@ def test_the_lease_ends_before_the_site_is_declared_lost() -> None:
 
 def test_settings_from_the_environment() -> None:
     config = ControlPlaneConfig.from_env(
-        {"SG_LOST_AFTER": "4", "SG_HEARTBEAT_INTERVAL": "0.3", "SG_KILL_GRACE": "1"}
+        {
+            "SG_LOST_AFTER": "4",
+            "SG_HEARTBEAT_INTERVAL": "0.3",
+            "SG_KILL_GRACE": "1",
+            "SG_INSECURE": "1",
+        }
     )
     assert config.scheduler.lost_after_seconds == 4
     assert config.scheduler.site_stale_after_seconds == 2
@@ -40,7 +46,22 @@ def test_settings_from_the_environment() -> None:
 )
 def test_bad_settings_are_named(env: dict[str, str], match: str) -> None:
     with pytest.raises(InvalidSpecError, match=match):
-        ControlPlaneConfig.from_env(env)
+        ControlPlaneConfig.from_env({**env, "SG_INSECURE": "1"})
+
+
+def test_the_environment_must_choose_tls_or_plaintext() -> None:
+    with pytest.raises(InvalidSpecError, match=r"api_tls.*TLS needs a certificate"):
+        ControlPlaneConfig.from_env({})
+    secure = ControlPlaneConfig.from_env(
+        {"SG_TLS_DIR": "/etc/sg/tls", "SG_TOKEN_VERIFY_KEYS": "/k/a.pem,/k/b.pem"}
+    ).security
+    assert not secure.insecure and secure.auth_enabled
+    assert secure.api_tls is not None and secure.api_tls.cert == Path("/etc/sg/tls/api.pem")
+    assert secure.agent_tls is not None
+    assert secure.agent_tls.key == Path("/etc/sg/tls/control-plane-key.pem")
+    assert secure.token_verify_keys == (Path("/k/a.pem"), Path("/k/b.pem"))
+    plain = ControlPlaneConfig.from_env({"SG_INSECURE": "1"}).security
+    assert plain.insecure and not plain.auth_enabled
 
 
 def test_a_lost_after_too_short_for_the_lease_is_refused() -> None:
