@@ -32,6 +32,9 @@ __all__ = ["CycleStats", "Scheduler"]
 log = logging.getLogger(__name__)
 tracer = get_tracer(__name__)
 
+OFFER_REFRESH_SECONDS = 60.0
+"""How often the loop applies capacity offers' hour windows again (and on each UTC hour)."""
+
 
 @dataclass(frozen=True, slots=True)
 class CycleStats:
@@ -64,6 +67,7 @@ class Scheduler:
         self.placed_total = 0
         self.preempted_total = 0
         self.sites_lost_total = 0
+        self._offers_due = 0.0  # wall-clock time of the next refresh of capacity offers
         self.epoch = EpochGuard.for_store(store, name="scheduler")
         """Notices (and logs at CRITICAL) a Redis that went back in time; advanced each cycle."""
 
@@ -81,6 +85,7 @@ class Scheduler:
         for job_id in [j for j in self._waiting if j not in in_window]:
             del self._waiting[job_id]
         tenants = await read_tenants(self.store)
+        await self._refresh_offers()
         records = await self.store.site_records()
         await self._lose_silent_sites(records)
         jobs = [
@@ -143,6 +148,18 @@ class Scheduler:
             unschedulable=marked,
             seconds=time.perf_counter() - started,
         )
+
+    async def _refresh_offers(self) -> None:
+        """Apply capacity offers' hour windows (``JobStore.refresh_offers``) once a minute and at
+        the first cycle of every UTC hour, so that windows open and close on the hour."""
+        now = time.time()
+        if now < self._offers_due:
+            return
+        changed = await self.store.refresh_offers(now)
+        if changed:
+            log.info("capacity offers: policy of %d site(s) changed with the hour", changed)
+        next_hour = (now // 3600 + 1) * 3600
+        self._offers_due = min(now + OFFER_REFRESH_SECONDS, next_hour)
 
     async def _lose_silent_sites(self, records: Sequence[SiteRecord]) -> None:
         """Declare LOST the sites silent for longer than ``lost_after`` and requeue their work

@@ -68,7 +68,9 @@ def site_view(rec: SiteRecord, *, now: float, stale_after: float) -> SiteView:
     site = rec.site
     fresh = rec.last_heartbeat is not None and now - rec.last_heartbeat <= stale_after
     accepting = rec.state == types_pb2.SITE_STATE_ACTIVE and bool(rec.connected_by) and fresh
-    policy = site.policy
+    # the effective policy (base policy with the capacity offers that hold), as commit.lua
+    # enforces it; a site recorded before offers existed has only its registration's
+    policy = rec.policy if rec.policy is not None else site.policy
     return SiteView(
         site_id=site.id,
         jurisdiction=site.jurisdiction,

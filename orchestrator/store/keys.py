@@ -14,13 +14,23 @@ in ARGV as the prefix; the templates below and in ``lua/*.lua`` must agree.
     {p}events                stream every job event (capped)
     {p}sites                 set    registered site ids
     {p}sites:ver             string bumped on every site registration or state change
-    {p}site:{id}             hash   registration (Site protobuf bytes), state, capacity, heartbeat
+    {p}site:{id}             hash   registration (Site protobuf bytes), owner, state, capacity,
+                                    heartbeat, effective policy (eff: SitePolicy protobuf bytes,
+                                    and pol:c / pol:t / pol:surplus as commit.lua checks them),
+                                    policy version (pver: bumped by every write to the
+                                    registration, base policy or offers)
     {p}site:{id}:used        hash   capacity in use by jobs placed there: gpu:{type}, cpus, mem
     {p}site:{id}:active      set    job ids placed there and not finished
     {p}site:{id}:outbox      zset   SCHEDULED job ids waiting to be sent to the agent
     {p}site:{id}:inflight    zset   DISPATCHED job ids the agent has not acknowledged yet
     {p}site:{id}:cancels     set    "{job_id}:{attempt}" cancels to send to the agent
     {p}site:{id}:releasing   hash   capacity held by jobs being preempted there (freed soon)
+    {p}site:{id}:offers      hash   capacity offers: offer id -> CapacityOffer protobuf bytes
+    {p}site:{id}:usage       hash   what ended attempts used there, by tenant: gs:{tenant}
+                                    GPU-seconds, j:{tenant} joules (HINCRBYFLOAT)
+    {p}site:{id}:log         stream the site's administrative log (state changes, withdrawals)
+    {p}offers                set    ids of the sites that have capacity offers
+    {p}once:{token id}       string a single-use token that was spent (expires after the token)
     {p}surplus               set    placed, unfinished SURPLUS-class jobs (preemption candidates)
     {p}tenants               set    tenant ids
     {p}tenant:{id}           hash   tenant (Tenant protobuf bytes), country, weight, quotas
@@ -100,6 +110,22 @@ class Keys:
 
     def site_releasing(self, site_id: str) -> str:
         return f"{self.prefix}site:{site_id}:releasing"
+
+    def site_offers(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}:offers"
+
+    def site_usage(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}:usage"
+
+    def site_log(self, site_id: str) -> str:
+        return f"{self.prefix}site:{site_id}:log"
+
+    @property
+    def offer_sites(self) -> str:
+        return f"{self.prefix}offers"
+
+    def spent_token(self, token_id: str) -> str:
+        return f"{self.prefix}once:{token_id}"
 
     @property
     def surplus_running(self) -> str:

@@ -27,6 +27,9 @@ SCRIPT_NAMES = (
     "seen",
     "lose_site",
     "reconcile",
+    "apply_policy",
+    "withdraw",
+    "usage",
 )
 
 

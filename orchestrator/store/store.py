@@ -6,9 +6,12 @@ reached raises ``StoreUnavailableError`` and nothing is half-written (each chang
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import logging
+import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,15 +21,18 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator._pb.orchestrator.v1 import federation_pb2, types_pb2
 from orchestrator.config import RedisConfig
 from orchestrator.errors import (
     IllegalTransitionError,
+    InvalidSpecError,
     JobNotFoundError,
+    PermissionDeniedError,
     SiteNotFoundError,
     StoreUnavailableError,
     TenantNotFoundError,
 )
+from orchestrator.federation import effective_policy, offer_active
 from orchestrator.ids import new_job_id
 from orchestrator.jurisdictions import expand
 from orchestrator.states import JobState
@@ -56,6 +62,8 @@ EVENTS_MAXLEN = 100_000
 IDEMPOTENCY_TTL_SECONDS = 7 * 24 * 3600
 _CLASS_SPAN = 10**13  # ms; pending score = (CRITICAL - class) * span + submit ms
 _LIST_SCAN = 500
+_CAS_TRIES = 20  # reads and writes of a site's policy that a concurrent change can undo
+_OFFER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +201,20 @@ class SiteRecord:
     releasing_cpus: int = 0
     releasing_memory_mb: int = 0
     releasing_watts: int = 0
+    policy: types_pb2.SitePolicy | None = None
+    """The policy placement enforces: the base one (``site.policy``, as the owner set it) with
+    the site's capacity offers that hold now (``orchestrator.federation.effective_policy``).
+    None for a site recorded before offers existed: ``site.policy`` applies."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PolicyInputs:
+    """What a site's effective policy is computed from, as read at one policy version."""
+
+    version: str
+    site: types_pb2.Site | None
+    offers: dict[str, federation_pb2.CapacityOffer]
+    effective: bytes | None
 
 
 def _s(value: bytes | str | None) -> str:
@@ -218,15 +240,84 @@ def _now() -> str:
     return f"{time.time():.6f}"
 
 
+def _policy_bytes(policy: types_pb2.SitePolicy) -> bytes:
+    return policy.SerializeToString(deterministic=True)
+
+
+def _policy_args(policy: types_pb2.SitePolicy) -> list[Any]:
+    """An effective policy as the Lua scripts take it: bytes, pol:c, pol:t, pol:surplus."""
+    return [
+        _policy_bytes(policy),
+        _csv(policy.allowed_tenant_countries),
+        _csv(policy.allowed_tenants),
+        policy.surplus_gpus if policy.has_surplus_limit else "",
+    ]
+
+
+async def _cas_tries() -> AsyncIterator[int]:
+    """Rounds of a read, compute, checked write of a site's policy: the first at once, each
+    next one (a concurrent write changed the site in between) after a short random pause, so
+    that writers contending for one site spread out."""
+    for attempt in range(_CAS_TRIES):
+        if attempt:
+            cap = min(0.002 * 2**attempt, 0.1)
+            await asyncio.sleep(cap * secrets.randbelow(1001) / 1000)
+        yield attempt
+
+
+def _busy(site_id: str) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"site {site_id!r} kept changing while its policy was recomputed; retry"
+    )
+
+
+def _no_offer(site_id: str) -> InvalidSpecError:
+    return InvalidSpecError("offer_id", f"no such offer on site {site_id}")
+
+
+def _new_offer_id(taken: Mapping[str, object]) -> str:
+    while True:
+        offer_id = f"o-{secrets.token_hex(4)}"
+        if offer_id not in taken:
+            return offer_id
+
+
+def _check_offer(offer: federation_pb2.CapacityOffer) -> None:
+    """What the store relies on in an offer (the API validates the rest)."""
+    if not offer.site_id:
+        raise InvalidSpecError("offer.site_id", "is required")
+    if offer.id and not _OFFER_ID_RE.match(offer.id):
+        raise InvalidSpecError("offer.id", "1-64 letters, digits, '.', '_' or '-'")
+    for i, w in enumerate(offer.hours):
+        if w.start_hour > 23 or w.end_hour > 24:
+            raise InvalidSpecError(
+                f"offer.hours[{i}]", "start_hour is 0-23 and end_hour 0-24 (UTC)"
+            )
+
+
 @contextlib.contextmanager
-def unavailable_as_error(on_connection_error: Callable[[], None] | None = None) -> Any:
+def unavailable_as_error(
+    on_connection_error: Callable[[], None] | None = None, *, username: str | None = None
+) -> Any:
     """Turn Redis connection trouble into ``StoreUnavailableError`` (UNAVAILABLE to clients);
-    ``on_connection_error`` runs first when the connection itself failed."""
+    ``on_connection_error`` runs first when the connection itself failed. A refused login or
+    command names ``username`` (the Redis user; never the password)."""
+    user = f" for user {username!r}" if username else ""
     try:
         yield
-    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+    except (
+        redis.exceptions.AuthenticationError,
+        redis.exceptions.AuthorizationError,
+        redis.exceptions.AuthenticationWrongNumberOfArgsError,
+    ) as exc:
         raise StoreUnavailableError(
-            f"queue store (Redis) refused the configured credentials: {exc}"
+            f"authentication to Redis failed{user}: the queue store (Redis) refused the "
+            f"configured credentials: {exc}"
+        ) from exc
+    except redis.exceptions.NoPermissionError as exc:
+        raise StoreUnavailableError(
+            f"Redis denied a command{user} (its ACL lacks a permission the queue store "
+            f"needs): {exc}"
         ) from exc
     except redis.exceptions.BusyLoadingError as exc:
         raise StoreUnavailableError("queue store (Redis) is loading its data; retry") from exc
@@ -272,8 +363,15 @@ class JobStore:
             "health_check_interval": 30,
             "timeout": config.socket_timeout,
         }
-        if config.ssl_ca_certs:
-            kwargs["ssl_ca_certs"] = config.ssl_ca_certs
+        if config.username is not None:
+            kwargs["username"] = config.username
+        if config.password is not None:
+            kwargs["password"] = config.password
+        if config.url.startswith("rediss://"):
+            kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+                if getattr(config, name) is not None:
+                    kwargs[name] = getattr(config, name)
 
         def client(max_connections: int) -> aioredis.Redis:
             pool = aioredis.BlockingConnectionPool.from_url(
@@ -288,7 +386,8 @@ class JobStore:
         )
 
     def _unavailable(self) -> Any:
-        return unavailable_as_error()
+        user = self.client.connection_pool.connection_kwargs.get("username") or "default"
+        return unavailable_as_error(username=user)
 
     async def close(self) -> None:
         """Close the connection pools."""
@@ -514,32 +613,65 @@ class JobStore:
 
     # ---------------------------------------------------------------- sites
 
-    async def register_site(self, site: types_pb2.Site) -> types_pb2.SiteStatus:
-        """Register (or update) a normalised site registration."""
+    async def register_site(
+        self, site: types_pb2.Site, *, owner: str | None = None
+    ) -> types_pb2.SiteStatus:
+        """Register (or update) a normalised site registration; an existing site keeps its
+        state and its capacity offers.
+
+        ``owner=None`` is the operator's path: the site's owner becomes ``site.owner``. With
+        ``owner`` (a partner id) the site's owner becomes ``owner``, and a site that exists with
+        another owner (or none: registered by an operator without one) raises
+        ``PermissionDeniedError`` with nothing written; the check and the write are one step, so
+        of two partners registering the same new id exactly one wins.
+        """
+        stored = types_pb2.Site()
+        stored.CopyFrom(site)
+        if owner is not None:
+            stored.owner = owner
         caps: list[Any] = [
             "cap:cpus", site.cpus, "cap:mem", site.memory_mb, "jur", site.jurisdiction,
             "home", _csv(site.home_countries),
-            "pol:c", _csv(site.policy.allowed_tenant_countries),
-            "pol:t", _csv(site.policy.allowed_tenants),
         ]  # fmt: skip
         for pool in site.gpus:
             caps += [f"cap:gpu:{pool.type}", pool.count]
         if site.power_cap_mw > 0:
             caps += ["cap:watts", int(site.power_cap_mw * 1_000_000)]
-        if site.policy.has_surplus_limit:
-            caps += ["pol:surplus", site.policy.surplus_gpus]
-        with self._unavailable():
-            await self._scripts.run(
-                "register_site", [self.prefix, site.id, site.SerializeToString(), _now(), *caps]
-            )
-            await self._scripts.run("reconsider", [self.prefix])
-        return await self.get_site(site.id)
+        async for _ in _cas_tries():
+            [cur] = await self._policy_inputs([site.id])
+            now = time.time()
+            eff = effective_policy(stored.policy, stored.home_countries, cur.offers.values(), now)
+            with self._unavailable():
+                code, _ = await self._scripts.run(
+                    "register_site",
+                    [self.prefix, site.id, stored.SerializeToString(), f"{now:.6f}",
+                     0 if owner is None else 1, stored.owner, cur.version,
+                     *_policy_args(eff), *caps],
+                )  # fmt: skip
+            if _s(code) == "denied":
+                raise PermissionDeniedError(
+                    f"site {site.id!r} belongs to another owner", principal=owner or ""
+                )
+            if _s(code) == "ok":
+                return await self.get_site(site.id)
+        raise _busy(site.id)
 
-    async def set_site_state(self, site_id: str, state: int) -> types_pb2.SiteStatus:
-        """Set a site's administrative state. Raises ``SiteNotFoundError``."""
+    async def site_owner(self, site_id: str) -> str:
+        """The partner that owns a site ("" for none). Raises ``SiteNotFoundError``."""
+        with self._unavailable():
+            owner, reg = await self.client.hmget(self.keys.site(site_id), "owner", "reg")
+        if reg is None:
+            raise SiteNotFoundError(site_id)
+        return _s(owner)
+
+    async def set_site_state(
+        self, site_id: str, state: int, *, reason: str = ""
+    ) -> types_pb2.SiteStatus:
+        """Set a site's administrative state (recorded in its log with ``reason``). Raises
+        ``SiteNotFoundError``."""
         with self._unavailable():
             ok = await self._scripts.run(
-                "set_site_state", [self.prefix, site_id, int(state), _now()]
+                "set_site_state", [self.prefix, site_id, int(state), _now(), reason]
             )
             if not int(ok):
                 raise SiteNotFoundError(site_id)
@@ -547,17 +679,291 @@ class JobStore:
                 await self._scripts.run("reconsider", [self.prefix])
         return await self.get_site(site_id)
 
+    async def site_log(self, site_id: str, *, count: int = 100) -> list[tuple[float, int, str]]:
+        """The latest ``count`` entries of a site's log, oldest first: (time, site state after,
+        message). State changes (set_site_state, withdraw) and withdrawn offers."""
+        with self._unavailable():
+            rows: Any = await self.client.xrevrange(self.keys.site_log(site_id), count=count)
+        out = []
+        for _, f in reversed(rows):
+            g = {k.decode(): _s(v) for k, v in f.items()}
+            out.append((float(g.get("t") or 0), int(g.get("state") or 0), g.get("msg", "")))
+        return out
+
     async def set_site_policy(
         self, site_id: str, policy: types_pb2.SitePolicy
     ) -> types_pb2.SiteStatus:
-        """Replace a site's policy (kept in its registration). Raises ``SiteNotFoundError``."""
-        recs = await self.site_records([site_id])
-        if not recs:
-            raise SiteNotFoundError(site_id)
-        site = types_pb2.Site()
-        site.CopyFrom(recs[0].site)
-        site.policy.CopyFrom(policy)
-        return await self.register_site(site)
+        """Replace a site's base policy (kept in its registration, as its owner set it) and
+        apply the effective one (with its capacity offers). Raises ``SiteNotFoundError``."""
+        async for _ in _cas_tries():
+            [cur] = await self._policy_inputs([site_id])
+            if cur.site is None:
+                raise SiteNotFoundError(site_id)
+            site = types_pb2.Site()
+            site.CopyFrom(cur.site)
+            site.policy.CopyFrom(policy)
+            now = time.time()
+            eff = effective_policy(policy, site.home_countries, cur.offers.values(), now)
+            code = await self._apply_policy(site_id, cur.version, now, eff, reg=site)
+            if code == "missing":
+                raise SiteNotFoundError(site_id)
+            if code == "ok":
+                return await self.get_site(site_id)
+        raise _busy(site_id)
+
+    # ---------------------------------------------------------------- federation
+
+    async def _policy_inputs(self, site_ids: Sequence[str]) -> list[_PolicyInputs]:
+        """What a site's effective policy is computed from. The version is read first (with the
+        registration, in one command): a write landing between the reads changes it, so the
+        checked write that follows fails and is retried (no MULTI needed)."""
+        with self._unavailable():
+            async with self.client.pipeline(transaction=False) as pipe:
+                for sid in site_ids:
+                    pipe.hmget(self.keys.site(sid), "pver", "reg", "eff")
+                    pipe.hgetall(self.keys.site_offers(sid))
+                rows = await pipe.execute()
+        out = []
+        for i in range(len(site_ids)):
+            (version, reg, eff), raw_offers = rows[2 * i], rows[2 * i + 1]
+            site = None
+            if reg is not None:
+                site = types_pb2.Site()
+                site.ParseFromString(reg)
+            offers = {}
+            for oid, raw in raw_offers.items():
+                offer = federation_pb2.CapacityOffer()
+                offer.ParseFromString(raw)
+                offers[_s(oid)] = offer
+            out.append(_PolicyInputs(_s(version) or "0", site, offers, eff))
+        return out
+
+    async def _apply_policy(
+        self,
+        site_id: str,
+        version: str,
+        now: float,
+        eff: types_pb2.SitePolicy,
+        *,
+        reg: types_pb2.Site | None = None,
+        ops: Sequence[tuple[str, str, bytes]] = (),
+    ) -> str:
+        """Run apply_policy.lua; its code ('ok', 'missing', 'conflict', 'no_offer')."""
+        args: list[Any] = [
+            self.prefix, site_id, version, f"{now:.6f}",
+            reg.SerializeToString() if reg is not None else b"", *_policy_args(eff),
+        ]  # fmt: skip
+        for op, offer_id, raw in ops:
+            args += [op, offer_id, raw]
+        with self._unavailable():
+            code, _ = await self._scripts.run("apply_policy", args)
+        return _s(code)
+
+    async def put_offer(self, offer: federation_pb2.CapacityOffer) -> federation_pb2.CapacityOffer:
+        """Store a capacity offer on its site (``offer.site_id``) and apply the site's effective
+        policy. An empty id gets a new one (``o-`` and 8 hex digits); an existing id on that site
+        is replaced (keeping its ``created_at``, else set now). Returns the offer as stored, with
+        ``active_now``. Raises ``SiteNotFoundError``, and ``InvalidSpecError`` for what the store
+        relies on (site id, offer id characters, hour ranges; see also
+        ``orchestrator.validation``)."""
+        _check_offer(offer)
+        stored = federation_pb2.CapacityOffer()
+        stored.CopyFrom(offer)
+        stored.active_now = False
+        async for _ in _cas_tries():
+            [cur] = await self._policy_inputs([offer.site_id])
+            if cur.site is None:
+                raise SiteNotFoundError(offer.site_id)
+            now = time.time()
+            if not offer.id:
+                stored.id = _new_offer_id(cur.offers)
+            prev = cur.offers.get(stored.id)
+            if prev is not None and prev.HasField("created_at"):
+                stored.created_at.CopyFrom(prev.created_at)
+            else:
+                stored.created_at.CopyFrom(_ts(f"{now:.6f}"))
+            offers = {**cur.offers, stored.id: stored}
+            eff = effective_policy(cur.site.policy, cur.site.home_countries, offers.values(), now)
+            code = await self._apply_policy(
+                offer.site_id, cur.version, now, eff,
+                ops=[("put", stored.id, stored.SerializeToString())],
+            )  # fmt: skip
+            if code == "missing":
+                raise SiteNotFoundError(offer.site_id)
+            if code == "ok":
+                out = federation_pb2.CapacityOffer()
+                out.CopyFrom(stored)
+                out.active_now = offer_active(stored, now)
+                return out
+        raise _busy(offer.site_id)
+
+    async def list_offers(
+        self, site_ids: Sequence[str] | None = None, *, now: float | None = None
+    ) -> list[federation_pb2.CapacityOffer]:
+        """Offers of the given sites (None: every site), by site then id, with ``active_now``
+        for ``now`` (default: the current time)."""
+        at = time.time() if now is None else now
+        with self._unavailable():
+            if site_ids is None:
+                ids = sorted(_s(s) for s in await self.client.smembers(self.keys.offer_sites))
+            else:
+                ids = sorted(set(site_ids))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for sid in ids:
+                    pipe.hgetall(self.keys.site_offers(sid))
+                rows = await pipe.execute()
+        out = []
+        for raw_offers in rows:
+            offers = []
+            for raw in raw_offers.values():
+                offer = federation_pb2.CapacityOffer()
+                offer.ParseFromString(raw)
+                offer.active_now = offer_active(offer, at)
+                offers.append(offer)
+            out += sorted(offers, key=lambda o: o.id)
+        return out
+
+    async def delete_offer(self, site_id: str, offer_id: str) -> types_pb2.SiteStatus:
+        """Delete an offer and apply the site's effective policy; running jobs are left alone
+        (see ``withdraw``). Raises ``SiteNotFoundError``, or ``InvalidSpecError`` (field
+        ``offer_id``) when the site has no such offer."""
+        async for _ in _cas_tries():
+            [cur] = await self._policy_inputs([site_id])
+            if cur.site is None:
+                raise SiteNotFoundError(site_id)
+            if offer_id not in cur.offers:
+                raise _no_offer(site_id)
+            now = time.time()
+            offers = [o for oid, o in cur.offers.items() if oid != offer_id]
+            eff = effective_policy(cur.site.policy, cur.site.home_countries, offers, now)
+            code = await self._apply_policy(
+                site_id, cur.version, now, eff, ops=[("del", offer_id, b"")]
+            )
+            if code == "missing":
+                raise SiteNotFoundError(site_id)
+            if code == "no_offer":
+                raise _no_offer(site_id)
+            if code == "ok":
+                return await self.get_site(site_id)
+        raise _busy(site_id)
+
+    async def withdraw(
+        self, site_id: str, *, offer_id: str, mode: int, reason: str = ""
+    ) -> tuple[types_pb2.SiteStatus, int, int]:
+        """Withdraw one offer of a site, or (``offer_id=""``) the whole site from the federation.
+        Returns the site's status, how many attempts were stopped to be requeued elsewhere, and
+        how many withdrawn attempts are left running (see withdraw.lua).
+
+        One offer: it is deleted and the site's effective policy applied; the withdrawn
+        attempts are those of non-home tenants the new policy no longer lets in, then, while
+        non-home tenants hold more GPUs than the new surplus limit, the most recently started.
+        The whole site: every offer is deleted and the site becomes CORDONED, then DRAINING
+        (both in its log, with ``reason``); every attempt there is withdrawn.
+
+        ``mode`` (``federation_pb2.WithdrawMode``): REQUEUE stops withdrawn attempts that were
+        sent (PREEMPTED, a cancel to the agent; requeued with attempt + 1 when it reports the
+        end, never counted as a failure, counted in ``Job.preemptions``); FINISH and UNSPECIFIED
+        leave them running. Withdrawn attempts not sent yet are requeued in every mode.
+        Repeating a whole-site withdrawal changes nothing more. Raises ``SiteNotFoundError``,
+        ``InvalidSpecError`` for an unknown mode or an offer the site does not have.
+        """
+        if mode not in federation_pb2.WithdrawMode.values():
+            raise InvalidSpecError("mode", f"{mode} is not a withdraw mode")
+        async for _ in _cas_tries():
+            [cur] = await self._policy_inputs([site_id])
+            if cur.site is None:
+                raise SiteNotFoundError(site_id)
+            if offer_id and offer_id not in cur.offers:
+                raise _no_offer(site_id)
+            now = time.time()
+            kept = [o for oid, o in cur.offers.items() if offer_id and oid != offer_id]
+            eff = effective_policy(cur.site.policy, cur.site.home_countries, kept, now)
+            with self._unavailable():
+                code, requeued, running = await self._scripts.run(
+                    "withdraw",
+                    [self.prefix, site_id, cur.version, f"{now:.6f}", EVENTS_MAXLEN, offer_id,
+                     int(mode), reason, *_policy_args(eff)],
+                )  # fmt: skip
+            code = _s(code)
+            if code == "missing":
+                raise SiteNotFoundError(site_id)
+            if code == "no_offer":
+                raise _no_offer(site_id)
+            if code == "ok":
+                return await self.get_site(site_id), int(requeued), int(running)
+        raise _busy(site_id)
+
+    async def refresh_offers(self, now: float | None = None) -> int:
+        """Apply again the effective policy of every site with offers whose policy at ``now``
+        (default: the current time) differs from the one applied: hour windows that opened or
+        closed. Returns how many sites changed. The scheduler calls it about once a minute."""
+        at = time.time() if now is None else now
+        with self._unavailable():
+            ids = sorted(_s(s) for s in await self.client.smembers(self.keys.offer_sites))
+        changed = 0
+        for sid, first in zip(ids, await self._policy_inputs(ids), strict=True):
+            cur = first
+            async for _ in _cas_tries():
+                if cur.site is None:
+                    break
+                eff = effective_policy(
+                    cur.site.policy, cur.site.home_countries, cur.offers.values(), at
+                )
+                if cur.effective == _policy_bytes(eff):
+                    break
+                code = await self._apply_policy(sid, cur.version, at, eff)
+                if code != "conflict":
+                    changed += code == "ok"
+                    break
+                [cur] = await self._policy_inputs([sid])  # changed meanwhile: read again
+        return changed
+
+    async def usage(self, site_ids: Sequence[str]) -> list[federation_pb2.SiteUsage]:
+        """GPU-hours and energy per tenant at each site (ordered by id): attempts that ended
+        there plus the ones running now, up to now. GPU-hours are GPUs x hours RUNNING; energy
+        is the watts placement reserved for the attempt (its GPUs at their pool's watts) x the
+        same time."""
+        ids = sorted(set(site_ids))
+        if not ids:
+            return []
+        with self._unavailable():
+            rows = await self._scripts.run("usage", [self.prefix, *ids])
+        now = time.time()
+        out = []
+        for sid, (flat, running) in zip(ids, rows, strict=True):
+            gpu_s: dict[str, float] = {}
+            joules: dict[str, float] = {}
+            for i in range(0, len(flat), 2):
+                name, value = _s(flat[i]), float(flat[i + 1])
+                kind, _, tenant = name.partition(":")
+                target = gpu_s if kind == "gs" else joules
+                target[tenant] = target.get(tenant, 0.0) + value
+            for i in range(0, len(running), 4):
+                tenant = _s(running[i])
+                seconds = max(0.0, now - float(running[i + 3]))
+                gpu_s[tenant] = gpu_s.get(tenant, 0.0) + int(running[i + 1]) * seconds
+                joules[tenant] = joules.get(tenant, 0.0) + int(running[i + 2]) * seconds
+            site = federation_pb2.SiteUsage(site_id=sid)
+            site.as_of.CopyFrom(_ts(f"{now:.6f}"))
+            for tenant in sorted(set(gpu_s) | set(joules)):
+                site.tenants.add(
+                    tenant=tenant,
+                    gpu_hours=gpu_s.get(tenant, 0.0) / 3600,
+                    energy_kwh=joules.get(tenant, 0.0) / 3.6e6,
+                )
+            site.gpu_hours = sum(t.gpu_hours for t in site.tenants)
+            site.energy_kwh = sum(t.energy_kwh for t in site.tenants)
+            out.append(site)
+        return out
+
+    async def consume_once(self, token_id: str, *, expires_at: float) -> bool:
+        """Spend a single-use token: True the first time only. The mark is kept until a day
+        after the token expires (at least an hour from now), so it cannot be spent again while
+        it could still be accepted."""
+        exat = max(int(expires_at) + 86_400 + 1, int(time.time()) + 3600)
+        with self._unavailable():
+            ok = await self.client.set(self.keys.spent_token(token_id), "1", nx=True, exat=exat)
+        return bool(ok)
 
     async def site_records(self, site_ids: Sequence[str] | None = None) -> list[SiteRecord]:
         """Sites (all, or the ones named) with state, capacity and use, ordered by id."""
@@ -581,6 +987,10 @@ class JobStore:
             rel = {k.decode(): int(v) for k, v in releasing.items()}
             site = types_pb2.Site()
             site.ParseFromString(g.get("reg", b""))
+            policy = None
+            if "eff" in g:
+                policy = types_pb2.SitePolicy()
+                policy.ParseFromString(g["eff"])
             hb = _s(g.get("hb"))
             out.append(
                 SiteRecord(
@@ -605,6 +1015,7 @@ class JobStore:
                     releasing_cpus=rel.get("cpus", 0),
                     releasing_memory_mb=rel.get("mem", 0),
                     releasing_watts=rel.get("watts", 0),
+                    policy=policy,
                 )
             )
         return out

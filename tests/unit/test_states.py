@@ -47,7 +47,8 @@ def _lua(name: str) -> str:
         ("status", JobState.DISPATCHED, JobState.RUNNING),
         ("cancel", JobState.PENDING, JobState.CANCELLED),
         ("cancel", JobState.SCHEDULED, JobState.CANCELLED),
-        ("preempt", JobState.RUNNING, JobState.PREEMPTED),
+        # preempt.lua and withdraw.lua stop attempts with stop_attempt, a shared helper
+        ("_lib", JobState.RUNNING, JobState.PREEMPTED),
     ],
 )
 def test_scripts_check_the_source_state_of_their_transition(
@@ -58,3 +59,8 @@ def test_scripts_check_the_source_state_of_their_transition(
     # the script compares the current state with the source state before writing the new one
     assert re.search(rf"(state|cur) [=~]= '{src.value}'", text), (script, src)
     assert f"'{dst.value}'" in text
+
+
+@pytest.mark.parametrize("script", ["preempt", "withdraw"])
+def test_scripts_that_stop_attempts_go_through_the_checked_helper(script: str) -> None:
+    assert "stop_attempt(p, " in _lua(script)

@@ -42,11 +42,26 @@ local function emit(p, id, state, attempt, site, msg, now, exit_code, maxlen)
   redis.call('XADD', p .. 'events', 'MAXLEN', '~', maxlen, '*', unpack(f))
 end
 
+-- An attempt that ran (RUNNING from 'started' until now) adds GPU-seconds (GPUs x seconds) and
+-- joules (its watts x seconds) to its tenant's usage of the site.
+local function add_usage(p, id, j, now)
+  local started = tonumber(redis.call('HGET', p .. 'job:' .. id, 'started'))
+  if not started then return end
+  local seconds = (tonumber(now) or started) - started
+  if seconds <= 0 then return end
+  local gpus, watts = tonumber(j.r_gpus) or 0, tonumber(j.r_watts) or 0
+  if gpus <= 0 and watts <= 0 then return end
+  local usage = p .. 'site:' .. j.site .. ':usage'
+  redis.call('HINCRBYFLOAT', usage, 'gs:' .. j.tenant, gpus * seconds)
+  redis.call('HINCRBYFLOAT', usage, 'j:' .. j.tenant, watts * seconds)
+end
+
 -- Give back the capacity a placed job holds at its site (and in its tenant's usage) and drop
--- it from the site's sets.
-local function release(p, id, j)
+-- it from the site's sets; an attempt that ran adds to the site's usage record (add_usage).
+local function release(p, id, j, now)
   local site = j.site
   if site == '' then return end
+  add_usage(p, id, j, now)
   local used = p .. 'site:' .. site .. ':used'
   local gpus = tonumber(j.r_gpus) or 0
   local cpus, mem = tonumber(j.r_cpus) or 0, tonumber(j.r_mem) or 0
@@ -81,7 +96,7 @@ end
 
 -- Move a job to a terminal state (5, 6 or 7).
 local function finish(p, id, j, state, exit_code, msg, now, maxlen)
-  release(p, id, j)
+  release(p, id, j, now)
   local key = p .. 'job:' .. id
   redis.call('HSET', key, 'state', state, 'updated', now, 'finished', now, 'reason', msg)
   if exit_code ~= '' then redis.call('HSET', key, 'exit_code', exit_code) end
@@ -90,7 +105,7 @@ end
 
 -- Put a placed job back in its queue with a new attempt.
 local function requeue(p, id, j, msg, now, maxlen)
-  release(p, id, j)
+  release(p, id, j, now)
   local attempt = tostring((tonumber(j.attempt) or 0) + 1)
   redis.call('HSET', p .. 'job:' .. id, 'state', '1', 'attempt', attempt, 'site', '',
              'gpu_type', '', 'updated', now, 'reason', msg, 'cancel', '0')
@@ -98,4 +113,98 @@ local function requeue(p, id, j, msg, now, maxlen)
   redis.call('ZADD', p .. 'pending:' .. j.queue, j.score, id)
   emit(p, id, '1', attempt, '', msg, now, '', maxlen)
   redis.call('PUBLISH', p .. 'wake', '1')
+end
+
+-- Stop a placed attempt so that its job runs elsewhere, never counted as a failure (preemption,
+-- withdrawn capacity). Not sent yet (SCHEDULED): requeued now. Sent (DISPATCHED, RUNNING): it
+-- becomes PREEMPTED, its agent is told to stop it, and its capacity counts as "releasing" until
+-- the agent reports it ended; it then goes back to PENDING with a new attempt (status.lua).
+-- The caller has checked the attempt and that no cancel is pending.
+-- Returns 'requeued', 'ok' (stopping) or 'stale' (not in a state that can be stopped).
+local function stop_attempt(p, id, j, msg, now, maxlen)
+  local key = p .. 'job:' .. id
+  if j.state == '2' then
+    redis.call('HINCRBY', key, 'preempts', 1)
+    redis.call('HSET', key, 'preempted_at', now)
+    requeue(p, id, j, msg .. ' before it was sent; requeued', now, maxlen)
+    return 'requeued'
+  end
+  if j.state ~= '3' and j.state ~= '4' then return 'stale' end
+  redis.call('HINCRBY', key, 'preempts', 1)
+  redis.call('HSET', key, 'state', '8', 'preempting', '1', 'preempted_at', now,
+             'updated', now, 'reason', msg)
+  local rel = p .. 'site:' .. j.site .. ':releasing'
+  local gpus = tonumber(j.r_gpus) or 0
+  if gpus > 0 and j.gpu_type ~= '' then redis.call('HINCRBY', rel, 'gpu:' .. j.gpu_type, gpus) end
+  redis.call('HINCRBY', rel, 'cpus', tonumber(j.r_cpus) or 0)
+  redis.call('HINCRBY', rel, 'mem', tonumber(j.r_mem) or 0)
+  redis.call('HINCRBY', rel, 'watts', tonumber(j.r_watts) or 0)
+  redis.call('SREM', p .. 'surplus', id)
+  redis.call('SADD', p .. 'site:' .. j.site .. ':cancels', id .. ':' .. j.attempt)
+  emit(p, id, '8', j.attempt, j.site, msg .. '; stopping it', now, '', maxlen)
+  redis.call('PUBLISH', p .. 'notify', j.site)
+  return 'ok'
+end
+
+-- Put every unschedulable job back in its queue so the scheduler looks at it again (after the
+-- set of sites, or what they accept, changed). Returns how many.
+local function reconsider_all(p)
+  local ids = redis.call('ZRANGE', p .. 'unsched', 0, -1)
+  for _, id in ipairs(ids) do
+    local j = load_job(p, id)
+    if j and j.state == '1' then
+      redis.call('HSET', p .. 'job:' .. id, 'unsched', '0')
+      redis.call('ZADD', p .. 'pending:' .. j.queue, j.score, id)
+    end
+    redis.call('ZREM', p .. 'unsched', id)
+  end
+  if #ids > 0 then redis.call('PUBLISH', p .. 'wake', '1') end
+  return #ids
+end
+
+-- Append one entry to a site's log (capped): the state it is in, a message, the time.
+local function site_log(p, site, state, msg, now)
+  redis.call('XADD', p .. 'site:' .. site .. ':log', 'MAXLEN', '~', 1000, '*',
+             'state', state, 'msg', msg, 't', now)
+end
+
+-- Set a site's administrative state (an operator's or owner's word: it wins over a return from
+-- LOST), announce it, and record the transition in the site's log.
+local function set_site_state(p, site, state, now, msg)
+  local skey = p .. 'site:' .. site
+  redis.call('HSET', skey, 'state', state, 'state_changed', now)
+  redis.call('HDEL', skey, 'state_before_lost')
+  redis.call('INCR', p .. 'sites:ver')
+  redis.call('PUBLISH', p .. 'wake', '1')
+  site_log(p, site, state, msg, now)
+end
+
+-- Write a site's effective policy: its bytes (eff) and the fields commit.lua checks (pol:c
+-- countries, pol:t tenants, pol:surplus GPUs; '' for no surplus limit). Returns whether it
+-- changed; a change is announced (sites:ver, wake) and unschedulable jobs are looked at again.
+local function set_effective_policy(p, site, eff, pol_c, pol_t, pol_surplus)
+  local skey = p .. 'site:' .. site
+  local changed = redis.call('HGET', skey, 'eff') ~= eff
+  redis.call('HSET', skey, 'eff', eff, 'pol:c', pol_c, 'pol:t', pol_t)
+  if pol_surplus ~= '' then
+    redis.call('HSET', skey, 'pol:surplus', pol_surplus)
+  else
+    redis.call('HDEL', skey, 'pol:surplus')
+  end
+  if changed then
+    redis.call('INCR', p .. 'sites:ver')
+    reconsider_all(p)
+    redis.call('PUBLISH', p .. 'wake', '1')
+  end
+  return changed
+end
+
+-- Check a site's policy version against the one the caller read, and bump it. The version
+-- changes with every write to the site's registration, base policy or offers, so a policy the
+-- caller computed from what it read is never applied over a newer change. False on a mismatch.
+local function bump_policy_version(skey, expected)
+  local cur = redis.call('HGET', skey, 'pver') or '0'
+  if cur ~= expected then return false end
+  redis.call('HSET', skey, 'pver', tostring((tonumber(cur) or 0) + 1))
+  return true
 end
