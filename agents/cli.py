@@ -1,7 +1,10 @@
 """``sg-agent``: run the agent of one site. The only module of the agent that reads the environment.
 
-Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 if the agent could not start (port taken,
-unwritable state directory), 2 for bad arguments or a bad site file.
+Transport security is chosen explicitly: ``--tls-ca``, ``--tls-cert`` and ``--tls-key`` (mutual
+TLS; only the control plane may call), or ``--insecure`` (plaintext, unauthenticated; logged as
+a warning). Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 if the agent could not start
+(port taken, unwritable state directory), 2 for bad arguments, a bad site file or bad
+certificate files.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from agents.config import AGENT_VERSION, AgentConfig
 from agents.executors.local import LocalExecutor
 from agents.server import AgentServer
+from orchestrator.config import TlsFiles
 from orchestrator.errors import InvalidSpecError, SiteNotFoundError
 from orchestrator.tracing import configure_tracing
 
@@ -42,11 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "example:\n"
+            "  sgctl certs issue --site narvik      # writes .sg/certs/sites/narvik{,-key}.pem\n"
             "  sg-agent --sites examples/sites.yaml --site narvik \\\n"
-            "           --listen 127.0.0.1:7401 --state-dir .sg/agents/narvik\n\n"
+            "           --listen 0.0.0.0:7401 --state-dir .sg/agents/narvik \\\n"
+            "           --tls-ca .sg/certs/ca.pem --tls-cert .sg/certs/sites/narvik.pem \\\n"
+            "           --tls-key .sg/certs/sites/narvik-key.pem\n\n"
+            "Transport security: give --tls-ca, --tls-cert and --tls-key (mutual TLS: the\n"
+            "certificate must name <site>.site.sovereign-grid, and only a client with the\n"
+            "control plane's certificate from that CA may call), or --insecure (plaintext\n"
+            "and unauthenticated: anyone who reaches the port can run jobs; for tests and\n"
+            "loopback only). One of the two is required. Replaced certificate files are\n"
+            "used for new connections without a restart.\n\n"
             "Tracing follows the standard OTEL_* variables (OTEL_TRACES_EXPORTER,\n"
             "OTEL_EXPORTER_OTLP_ENDPOINT, ...). Exit codes: 0 stopped cleanly, 1 could not\n"
-            "start (address in use, unwritable state directory), 2 bad arguments or site file."
+            "start (address in use, unwritable state directory), 2 bad arguments, site file\n"
+            "or certificate files."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -81,6 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between SIGTERM and SIGKILL when stopping a job (default: %(default)s)",
     )
+    security = parser.add_argument_group(
+        "transport security", "mutual TLS (all three files) or --insecure; one is required"
+    )
+    security.add_argument(
+        "--tls-ca", type=Path, metavar="PATH", help="CA the control plane's certificate chains to"
+    )
+    security.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PATH",
+        help="this agent's certificate, naming <site>.site.sovereign-grid (sgctl certs issue)",
+    )
+    security.add_argument("--tls-key", type=Path, metavar="PATH", help="its private key")
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext without authentication (tests and loopback only)",
+    )
     parser.add_argument(
         "--log-level",
         default="info",
@@ -93,11 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sg-agent`` and ``python -m agents``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tls = _tls_files(parser, args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if tls is None:
+        log.warning(
+            "--insecure: the control stream is plaintext and unauthenticated; anyone who can "
+            "reach %s can run jobs on this site",
+            args.listen,
+        )
     try:
         config = AgentConfig.from_site_file(
             args.sites,
@@ -105,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_dir=args.state_dir or Path(".sg") / "agents" / args.site,
             listen=args.listen,
             kill_grace_seconds=args.kill_grace,
+            tls=tls,
         )
     except (InvalidSpecError, SiteNotFoundError) as exc:
         print(f"sg-agent: {exc}", file=sys.stderr)
@@ -117,10 +158,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def _tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsFiles | None:
+    """The agent's TLS files, None for ``--insecure``; exits 2 unless exactly one was chosen."""
+    given = {
+        flag: value
+        for flag, value in (
+            ("--tls-ca", args.tls_ca),
+            ("--tls-cert", args.tls_cert),
+            ("--tls-key", args.tls_key),
+        )
+        if value is not None
+    }
+    if args.insecure:
+        if given:
+            parser.error(f"--insecure cannot be combined with {', '.join(given)}")
+        return None
+    if len(given) != 3:
+        missing = [f for f in ("--tls-ca", "--tls-cert", "--tls-key") if f not in given]
+        if given:
+            parser.error(
+                f"mutual TLS needs --tls-ca, --tls-cert and --tls-key; missing {', '.join(missing)}"
+            )
+        parser.error(
+            "choose transport security: --tls-ca, --tls-cert and --tls-key (mutual TLS), "
+            "or --insecure (plaintext, unauthenticated)"
+        )
+    return TlsFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+
+
 async def _serve(config: AgentConfig, executor: LocalExecutor, *, ready_file: Path | None) -> int:
     server = AgentServer(config, executor=executor)
     try:
         address = await server.start()
+    except InvalidSpecError as exc:  # certificate files
+        print(f"sg-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, RuntimeError, sqlite3.Error) as exc:
         print(f"sg-agent: cannot start the agent on {config.listen}: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.config import TlsFiles
 from orchestrator.errors import InvalidSpecError
 from orchestrator.sitefile import SiteConfig, load_site_file, select_site
 
@@ -44,6 +45,10 @@ class AgentConfig:
     """Seconds open RPCs get to finish when the agent stops serving."""
     version: str = AGENT_VERSION
     """Version string reported to the control plane."""
+    tls: TlsFiles | None = None
+    """The agent's certificate (it must name ``site_server_name(site.id)``) and key, and the CA
+    the control plane's client certificate must chain to (mutual TLS; only the control plane
+    may call). None: plaintext, and anyone who can reach ``listen`` may call."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
@@ -65,6 +70,8 @@ class AgentConfig:
             raise InvalidSpecError("status_batch_max", "must be >= 1")
         if self.log_chunk_bytes < 1:
             raise InvalidSpecError("log_chunk_bytes", "must be >= 1")
+        if self.tls is not None and self.tls.cert is None:
+            raise InvalidSpecError("tls", "the agent needs its own certificate and key")
 
     @property
     def journal_path(self) -> Path:
@@ -92,6 +99,7 @@ class AgentConfig:
         listen: str = "127.0.0.1:0",
         kill_grace_seconds: float = 3.0,
         heartbeat_interval_seconds: float = 1.0,
+        tls: TlsFiles | None = None,
     ) -> AgentConfig:
         """Load the site file and build the config of the agent for ``site_id``.
 
@@ -105,6 +113,7 @@ class AgentConfig:
             listen=listen,
             kill_grace_seconds=kill_grace_seconds,
             heartbeat_interval_seconds=heartbeat_interval_seconds,
+            tls=tls,
         )
 
 

@@ -18,6 +18,13 @@ The control stream (``Connect``), as the agent serves it:
 4. When the dispatcher closes its side, the agent ends the stream. When the agent stops, it ends
    the stream with UNAVAILABLE.
 
+With ``AgentConfig.tls`` the agent serves mutual TLS: its certificate must name
+``site_server_name(site.id)`` (else it refuses to start), clients must present a certificate from
+the configured CA (else the handshake fails), and ``Connect`` and ``ReadLogs`` answer
+PERMISSION_DENIED to any client certificate but the control plane's (``CONTROL_PLANE_NAME``),
+such as another site's agent certificate from the same CA. Replaced certificate files are used by
+new connections without a restart. Without ``tls`` the agent serves plaintext to anyone.
+
 All decisions are ``AgentRuntime``'s; this module only converts between protobuf and it.
 """
 
@@ -27,6 +34,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -48,6 +56,8 @@ from orchestrator.errors import (
     OrchestratorError,
 )
 from orchestrator.jurisdictions import expand
+from orchestrator.security.certs import CONTROL_PLANE_NAME, site_server_name
+from orchestrator.security.tls import peer_dns_names, server_credentials
 
 __all__ = ["AgentServer", "AgentService"]
 
@@ -106,6 +116,20 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._config = runtime.config
         self._session: _Session | None = None
 
+    async def _allow_caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """With TLS, abort the call unless the client certificate is the control plane's."""
+        if self._config.tls is None:
+            return
+        names = peer_dns_names(context)
+        if CONTROL_PLANE_NAME not in names:
+            log.warning(
+                "refused a call from %s presenting %s: only the control plane may call",
+                context.peer(), names or "no certificate name",
+            )  # fmt: skip
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "only the control plane may call this agent"
+            )
+
     def end_control_stream(self, code: grpc.StatusCode, details: str) -> None:
         """End the current control stream, if any (used when the agent stops)."""
         if self._session is not None:
@@ -117,6 +141,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[agent_pb2.ControlMessage, agent_pb2.AgentMessage],
     ) -> AsyncIterator[agent_pb2.AgentMessage]:
         """The control stream; see the module docstring."""
+        await self._allow_caller(context)
         site = self._config.site
         first = await anext(aiter(request_iterator), None)
         if first is None:
@@ -290,6 +315,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[agent_pb2.ReadLogsRequest, service_pb2.LogChunk],
     ) -> AsyncIterator[service_pb2.LogChunk]:
         """Stream one attempt's output; NOT_FOUND for an attempt this agent never ran."""
+        await self._allow_caller(context)
         try:
             output = self._runtime.attempt_output(request.job_id, request.attempt)
         except OrchestratorError as exc:
@@ -340,6 +366,7 @@ class AgentServer:
         """Open the journal (settling what a previous run left), serve, return ``host:port``."""
         if self._server is not None:
             return self.address
+        credentials = self._credentials()  # bad certificate files: fail before anything else
         opened_here = not self._runtime.is_open
         await self._runtime.open()
         # No SO_REUSEPORT: a second agent on the same port must fail, not share the traffic.
@@ -348,7 +375,10 @@ class AgentServer:
         self._health = health.aio.HealthServicer()  # a fresh one: shutdown is final for it
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
-            port = server.add_insecure_port(self._config.listen)
+            if credentials is None:
+                port = server.add_insecure_port(self._config.listen)
+            else:
+                port = server.add_secure_port(self._config.listen, credentials)
             await server.start()
         except BaseException:
             await server.stop(None)
@@ -360,8 +390,19 @@ class AgentServer:
         host = self._config.listen.rpartition(":")[0]
         self._server = server
         self._address = f"{host}:{port}"
-        log.info("agent for site %s serving on %s", self._config.site.id, self._address)
+        mode = "plaintext" if credentials is None else "mutual TLS"
+        log.info("agent for site %s serving on %s (%s)", self._config.site.id, self._address, mode)
         return self._address
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        """mTLS credentials from the config's files (None for plaintext); ``InvalidSpecError``
+        naming the file if one is missing or the certificate is not this site's."""
+        tls = self._config.tls
+        if tls is None:
+            return None
+        return server_credentials(
+            tls, require_client_auth=True, server_name=site_server_name(self._config.site.id)
+        )
 
     async def stop(self, grace: float | None = None, *, kill_jobs: bool = False) -> None:
         """Stop serving, giving open calls ``grace`` seconds (default: the config's).

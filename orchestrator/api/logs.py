@@ -2,8 +2,10 @@
 
 The API server holds no output. For ``StreamLogs`` it finds the attempt's site, that site's
 registered agent ``endpoint``, and streams ``AgentService.ReadLogs`` from there over a channel
-kept open per endpoint (a re-registered endpoint gets a new channel; there is at most one per
-registered site).
+kept open per (endpoint, site) (a re-registered endpoint gets a new channel). With ``tls`` the
+channel is mutual TLS: the proxy presents the control plane's certificate (agents answer
+nobody else) and accepts only a certificate naming the site's agent (``site_server_name``),
+whatever the endpoint's host. The files are read when a channel is opened.
 
 Errors, as domain errors for the one table in ``orchestrator.api.errors``:
 
@@ -27,6 +29,7 @@ from grpc import aio
 
 from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
 from orchestrator._pb.orchestrator.v1 import service_pb2, types_pb2
+from orchestrator.config import TlsFiles
 from orchestrator.errors import (
     IllegalTransitionError,
     InternalError,
@@ -34,6 +37,8 @@ from orchestrator.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
+from orchestrator.security.certs import site_server_name
+from orchestrator.security.tls import channel_credentials, channel_options_for
 from orchestrator.states import JobState
 from orchestrator.store import JobStore
 from orchestrator.tracing import metadata_with_trace
@@ -53,10 +58,14 @@ class LogProxy:
         store: JobStore,
         *,
         channel_options: Sequence[tuple[str, Any]] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
+        """``tls``: the control plane's client certificate and the CA of the agents' ones
+        (``SecurityConfig.agent_tls``); None: plaintext."""
         self._store = store
         self._options = tuple(channel_options)
-        self._channels: dict[str, aio.Channel] = {}
+        self._tls = tls
+        self._channels: dict[tuple[str, str], aio.Channel] = {}
         self._lock = asyncio.Lock()
 
     async def _site_of(self, job: types_pb2.Job, attempt: int) -> str:
@@ -74,12 +83,17 @@ class LogProxy:
             after = page[-1].event_id
         return site
 
-    async def _channel(self, endpoint: str) -> aio.Channel:
+    async def _channel(self, endpoint: str, site_id: str) -> aio.Channel:
         async with self._lock:
-            channel = self._channels.get(endpoint)
+            channel = self._channels.get((endpoint, site_id))
             if channel is None:
-                channel = aio.insecure_channel(endpoint, options=self._options)
-                self._channels[endpoint] = channel
+                if self._tls is None:
+                    channel = aio.insecure_channel(endpoint, options=self._options)
+                else:
+                    options = [*self._options, *channel_options_for(site_server_name(site_id))]
+                    credentials = channel_credentials(self._tls)
+                    channel = aio.secure_channel(endpoint, credentials, options=options)
+                self._channels[(endpoint, site_id)] = channel
             return channel
 
     async def stream(
@@ -101,7 +115,7 @@ class LogProxy:
                 job_id, JobState(job.state).name, f"read logs, attempt {attempt} has not started"
             )
         endpoint = (await self._store.get_site(site_id)).site.endpoint
-        stub = agent_pb2_grpc.AgentServiceStub(await self._channel(endpoint))
+        stub = agent_pb2_grpc.AgentServiceStub(await self._channel(endpoint, site_id))
         request = agent_pb2.ReadLogsRequest(
             job_id=job_id,
             attempt=attempt,

@@ -5,6 +5,13 @@ A dispatcher takes the sites whose id hashes to its index (``crc32(id) % count``
 and cancels, and records what the agent answers (acks, status, heartbeats) in the store.
 Nothing durable lives here: after a restart, in-flight assignments are sent again and the agent
 drops duplicates by ``(job_id, attempt)``; unacknowledged status updates are resent by the agent.
+
+With ``DispatcherOptions.tls`` each stream is mutual TLS: the dispatcher presents the control
+plane's certificate and accepts only an agent certificate naming ``site_server_name(site)``,
+whatever the registered endpoint's host (an agent of another site at that address fails the
+handshake). The files are read for every new stream, so replaced certificates need no restart.
+The registry is the truth about a site: an agent whose hello names another site or jurisdiction
+is refused before anything about the site is recorded.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -23,9 +31,11 @@ import grpc.aio
 from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.background import cancel_and_wait
-from orchestrator.config import ControlPlaneConfig
+from orchestrator.config import ControlPlaneConfig, TlsFiles
 from orchestrator.crashpoints import crash_point
-from orchestrator.errors import StoreUnavailableError
+from orchestrator.errors import InvalidSpecError, StoreUnavailableError
+from orchestrator.security.certs import site_server_name
+from orchestrator.security.tls import channel_credentials, channel_options_for
 from orchestrator.states import JobState
 from orchestrator.store import Ack, Assignment, HeldAttempt, JobStore, StatusReport
 from orchestrator.tracing import get_tracer, span_traceparent, start_span_from
@@ -74,6 +84,9 @@ class DispatcherOptions:
     """How often the site registry is re-read for sites to connect or drop."""
     sweep_seconds: float = 1.0
     """How often each site's outbox and cancels are looked at without a notification."""
+    tls: TlsFiles | None = None
+    """The control plane's client certificate and key, and the CA agents' certificates chain
+    to (mutual TLS, read for every new stream). None: plaintext."""
 
     @classmethod
     def from_config(cls, config: ControlPlaneConfig, *, index: int) -> DispatcherOptions:
@@ -86,6 +99,7 @@ class DispatcherOptions:
             heartbeat_interval_seconds=config.heartbeat_interval_seconds,
             kill_grace_seconds=config.kill_grace_seconds,
             lease_seconds=config.lease_seconds,
+            tls=None if config.security.insecure else config.security.agent_tls,
         )
 
 
@@ -133,6 +147,8 @@ class _SiteLink:
                 log.info("site %s: stream ended: %s", self.site_id, exc)
             except StoreUnavailableError as exc:
                 log.warning("site %s: %s", self.site_id, exc)
+            except InvalidSpecError as exc:  # unreadable TLS files, a site id without a name
+                log.error("site %s: cannot connect: %s", self.site_id, exc)
             except Exception:
                 log.exception("site %s: stream failed", self.site_id)
             finally:
@@ -147,16 +163,40 @@ class _SiteLink:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max(longest, _MIN_BACKOFF))
 
-    async def _session(self) -> None:
-        options = [
+    def _channel(self) -> grpc.aio.Channel:
+        options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.keepalive_time_ms", 20_000),
         ]
-        async with grpc.aio.insecure_channel(self.site.endpoint, options=options) as channel:
+        endpoint = self.site.endpoint
+        if self.opts.tls is None:
+            return grpc.aio.insecure_channel(endpoint, options=options)
+        options += channel_options_for(site_server_name(self.site_id))
+        return grpc.aio.secure_channel(endpoint, channel_credentials(self.opts.tls), options)
+
+    def _check_hello(self, hello: agent_pb2.AgentHello) -> None:
+        """Refuse an agent that is not the registered site; the registry is the truth."""
+        if hello.site_id != self.site_id:
+            raise ConnectionError(
+                f"agent at {self.site.endpoint} is site {hello.site_id!r}, not {self.site_id!r}"
+            )
+        if hello.jurisdiction != self.site.jurisdiction:
+            log.error(
+                "site %s: refusing the agent at %s: it says jurisdiction %s but the registry "
+                "says %s",
+                self.site_id, self.site.endpoint, hello.jurisdiction, self.site.jurisdiction,
+            )  # fmt: skip
+            raise ConnectionError(
+                f"agent at {self.site.endpoint} claims jurisdiction {hello.jurisdiction!r}; "
+                f"site {self.site_id} is registered in {self.site.jurisdiction!r}"
+            )
+
+    async def _session(self) -> None:
+        self.greeted = False
+        async with self._channel() as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect()
-            self.greeted = False
             write_lock = asyncio.Lock()
 
             async def write(msg: agent_pb2.ControlMessage) -> None:
@@ -177,17 +217,8 @@ class _SiteLink:
             if not isinstance(first, agent_pb2.AgentMessage) or not first.HasField("hello"):
                 raise ConnectionError(f"site {self.site_id}: agent sent no hello")
             hello = first.hello
+            self._check_hello(hello)
             self.greeted = True
-            if hello.site_id != self.site_id:
-                raise ConnectionError(
-                    f"agent at {self.site.endpoint} is site {hello.site_id!r}, not {self.site_id!r}"
-                )
-            if hello.jurisdiction != self.site.jurisdiction:
-                log.error(
-                    "site %s: agent says jurisdiction %s but the registry says %s; "
-                    "the registry wins",
-                    self.site_id, hello.jurisdiction, self.site.jurisdiction,
-                )  # fmt: skip
             # Heard from it: record that first (a site back from LOST becomes usable, and the
             # lost-site check leaves it alone), then settle what it holds, then renew its lease.
             await self.store.record_heartbeat(self.site_id, dispatcher_id=self.opts.dispatcher_id)

@@ -411,6 +411,7 @@ class Cluster:
             "--state-dir", str(self.base_dir / "agents" / site_id),
             "--ready-file", str(ready),
             "--kill-grace", f"{self.timings.kill_grace}",
+            "--insecure",  # behind the harness's own proxies, on its private network
         ]  # fmt: skip
         with self._lock:
             old = self.agents.get(site_id)
@@ -664,6 +665,7 @@ class Cluster:
                 "SG_HEARTBEAT_INTERVAL": f"{t.heartbeat}",
                 "SG_KILL_GRACE": f"{t.kill_grace}",
                 "SG_LOST_AFTER": f"{t.lost_after}",
+                "SG_INSECURE": "1",  # the roles refuse to start without TLS or this
             }
         )
         env.update(extra)
