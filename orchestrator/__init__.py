@@ -4,13 +4,14 @@ The public Python API: clients, typed job specs, job states and the error tree.
 
     from orchestrator import Client, JobSpec
 
-    with Client.connect("127.0.0.1:50051") as client:
+    with Client.connect("api.example.org:50051", tls=True, token=token) as client:
         job = client.submit(JobSpec(name="hello", tenant="acme", command=["echo", "hi"]))
         print(job.wait(timeout=60).state)
 
 Importing this package loads the SDK (gRPC and protobuf) only: never Ray or Redis.
 """
 
+from orchestrator.config import TlsFiles
 from orchestrator.errors import (
     IllegalTransitionError,
     InternalError,
@@ -18,10 +19,13 @@ from orchestrator.errors import (
     JobNotFoundError,
     NotFoundError,
     OrchestratorError,
+    PermissionDeniedError,
+    RateLimitedError,
     ServiceUnavailableError,
     SiteNotFoundError,
     StoreUnavailableError,
     TenantNotFoundError,
+    UnauthenticatedError,
     WaitTimeoutError,
 )
 from orchestrator.sdk import AsyncClient, AsyncJob, Client, Job
@@ -41,13 +45,17 @@ __all__ = [
     "JobState",
     "NotFoundError",
     "OrchestratorError",
+    "PermissionDeniedError",
     "Placement",
     "PriorityClass",
+    "RateLimitedError",
     "Resources",
     "ServiceUnavailableError",
     "SiteNotFoundError",
     "StoreUnavailableError",
     "TenantNotFoundError",
+    "TlsFiles",
+    "UnauthenticatedError",
     "WaitTimeoutError",
     "load_job_file",
 ]

@@ -46,6 +46,7 @@ async def _serve(role: str, config: ControlPlaneConfig, index: int) -> None:
             await run_until_signalled(
                 store,
                 listen=config.api_listen,
+                security=config.security,
                 on_ready=lambda address: print(f"serving on {address}", flush=True),
             )
             return
@@ -67,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m orchestrator.roles",
         description="Run one control-plane role as a plain process (no Ray).",
         epilog="Configuration: SG_REDIS_URL, SG_REDIS_PREFIX, SG_API_LISTEN, SG_DISPATCHERS, "
-        "SG_HEARTBEAT_INTERVAL, SG_KILL_GRACE, SG_LOST_AFTER (seconds).",
+        "SG_HEARTBEAT_INTERVAL, SG_KILL_GRACE, SG_LOST_AFTER (seconds). Security: SG_TLS_DIR "
+        "(certificates as `sgctl certs init` writes them) or SG_INSECURE=1 (plaintext; one of "
+        "the two is required), SG_TOKEN_VERIFY_KEYS, SG_TOKEN_SIGNING_KEY, SG_ISSUING_CA_DIR.",
     )
     parser.add_argument("role", choices=ROLES, help="which role to run")
     parser.add_argument(

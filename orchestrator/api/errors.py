@@ -1,5 +1,10 @@
 """The one table from domain errors to gRPC status codes, and the one place that applies it.
 
+The same interceptor is the door of every ``orchestrator.v1`` call. In order, before the
+servicer runs: the bearer token is checked, the caller's rate limit and the method's scope are
+applied (``orchestrator.api.auth``), and the request bytes are parsed, so that malformed bytes
+are INVALID_ARGUMENT naming the message type (not INTERNAL). Only then does the servicer run.
+
 Servicers never catch exceptions: they convert, call the domain, convert back. Whatever they
 raise reaches :class:`ErrorInterceptor`, which answers with the status code from
 :data:`STATUS_CODES` and puts the error's class name and ``.fields()`` into the trailing
@@ -24,14 +29,18 @@ from urllib.parse import quote
 import grpc
 from grpc import aio
 
+from orchestrator.api.auth import Authenticator
 from orchestrator.errors import (
     IllegalTransitionError,
     InternalError,
     InvalidSpecError,
     NotFoundError,
     OrchestratorError,
+    PermissionDeniedError,
+    RateLimitedError,
     ServiceUnavailableError,
     StoreUnavailableError,
+    UnauthenticatedError,
     WaitTimeoutError,
 )
 
@@ -59,6 +68,9 @@ STATUS_CODES: Final[tuple[tuple[type[OrchestratorError], grpc.StatusCode], ...]]
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),  # e.g. a site's agent is down
     (WaitTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InternalError, grpc.StatusCode.INTERNAL),
 )
 
@@ -108,11 +120,29 @@ async def _abort(context: aio.ServicerContext[Any, Any], method: str, exc: Excep
 
 _Unary = Callable[..., Awaitable[Any]]
 _Stream = Callable[..., AsyncIterator[Any]]
+_Parse = Callable[[bytes], Any]
 
 
-def _wrap_unary(method: str, behaviour: _Unary) -> _Unary:
-    async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+def _admit(
+    method: str,
+    auth: Authenticator,
+    parse: _Parse,
+    raw: bytes,
+    context: aio.ServicerContext[Any, Any],
+) -> Any:
+    """Authenticate and authorise the call, then parse its request."""
+    auth.admit(method, tuple(context.invocation_metadata() or ()))
+    try:
+        return parse(raw)
+    except Exception:  # noqa: BLE001 - any failure to parse is the caller's bytes
+        name = method.rsplit("/", 1)[-1]
+        raise InvalidSpecError("request", f"is not a valid {name} request message") from None
+
+
+def _wrap_unary(method: str, behaviour: _Unary, parse: _Parse, auth: Authenticator) -> _Unary:
+    async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
+            request = _admit(method, auth, parse, raw, context)
             return await behaviour(request, context)
         except aio.AbortError:
             raise
@@ -123,9 +153,10 @@ def _wrap_unary(method: str, behaviour: _Unary) -> _Unary:
     return call
 
 
-def _wrap_stream(method: str, behaviour: _Stream) -> _Stream:
-    async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+def _wrap_stream(method: str, behaviour: _Stream, parse: _Parse, auth: Authenticator) -> _Stream:
+    async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
+            request = _admit(method, auth, parse, raw, context)
             async for item in behaviour(request, context):
                 yield item
         except aio.AbortError:
@@ -138,13 +169,15 @@ def _wrap_stream(method: str, behaviour: _Stream) -> _Stream:
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Applies :data:`STATUS_CODES` to every ``orchestrator.v1`` method (unary and streaming).
+    """Admits (``authenticator``) and applies :data:`STATUS_CODES` to every ``orchestrator.v1``
+    method, unary and streaming.
 
     Other services (gRPC health) are passed through untouched. The wrapped handler of each
     method is built once and reused.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -163,20 +196,23 @@ class ErrorInterceptor(aio.ServerInterceptor):
         self._wrapped[method] = wrapped = self._wrap(method, handler)
         return wrapped
 
-    @staticmethod
     def _wrap(
-        method: str, handler: grpc.RpcMethodHandler[Any, Any]
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        # The request arrives as bytes (no deserializer): parsed after the caller is admitted.
+        parse = handler.request_deserializer
+        if parse is None:
+            raise TypeError(f"{method}: no request deserializer")
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(method, handler.unary_unary, parse, self._auth),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(method, handler.unary_stream, parse, self._auth),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         raise TypeError(f"{method}: no error mapping for this kind of handler")

@@ -2,7 +2,9 @@
 
 Errors are not handled here: they propagate to ``orchestrator.api.errors.ErrorInterceptor``.
 A malformed job id is INVALID_ARGUMENT naming ``job_id`` (it cannot be any job's id); a
-well-formed id of no job is NOT_FOUND.
+well-formed id of no job is NOT_FOUND, and so is another tenant's job (a tenant cannot tell the
+two apart). Each call's principal is checked against the job it names before anything is read
+out or changed (``orchestrator.security.authz``).
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from grpc import aio
 from opentelemetry import trace
 
 from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc, types_pb2
+from orchestrator.api.auth import current_principal
 from orchestrator.api.logs import LogProxy
 from orchestrator.errors import InvalidSpecError
 from orchestrator.scheduler.explain import explain_job
 from orchestrator.scheduler.model import Reason
+from orchestrator.security.authz import check_job_visible, check_submit, list_tenant_filter
 from orchestrator.states import JobState
 from orchestrator.store import JobStore
 from orchestrator.tracing import context_from_metadata, current_traceparent, get_tracer
-from orchestrator.validation import normalize_spec, validate_job_id
+from orchestrator.validation import normalize_spec, validate_job_id, validate_reason
 
 __all__ = ["JobServiceServicer"]
 
@@ -37,7 +41,6 @@ _REASONS = {
 }
 _EVENT_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 _MAX_PAGE_SIZE = 1000
-_MAX_REASON = 1024
 
 
 def _states(values: list[int]) -> list[JobState]:
@@ -61,12 +64,6 @@ def _page_token(token: str) -> str:
     return token
 
 
-def _reason(reason: str) -> str:
-    if len(reason) > _MAX_REASON:
-        raise InvalidSpecError("reason", f"longer than {_MAX_REASON} characters")
-    return reason
-
-
 def _after(event_id: str) -> str:
     if event_id and not _EVENT_ID_RE.match(event_id):
         raise InvalidSpecError("after_event_id", f"{event_id[:40]!r} is not an event id")
@@ -80,6 +77,13 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
         self._store = store
         self._logs = logs
 
+    async def _visible_job(self, job_id: str) -> types_pb2.Job:
+        """The job, if the caller may see it (else JobNotFoundError, as if there were none)."""
+        validate_job_id(job_id)
+        job = await self._store.get_job(job_id)
+        check_job_visible(current_principal(), job)
+        return job
+
     async def SubmitJob(
         self, request: service_pb2.SubmitJobRequest, context: aio.ServicerContext[Any, Any]
     ) -> service_pb2.SubmitJobResponse:
@@ -87,7 +91,7 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
         with _tracer.start_as_current_span(
             "api.submit", context=parent, kind=trace.SpanKind.SERVER
         ) as span:
-            spec = normalize_spec(request.spec)
+            spec = normalize_spec(check_submit(current_principal(), request.spec))
             span.set_attributes(
                 {"job.tenant": spec.tenant, "job.queue": spec.queue, "job.name": spec.name}
             )
@@ -99,15 +103,14 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
     async def GetJob(
         self, request: service_pb2.GetJobRequest, context: aio.ServicerContext[Any, Any]
     ) -> service_pb2.GetJobResponse:
-        validate_job_id(request.job_id)
-        return service_pb2.GetJobResponse(job=await self._store.get_job(request.job_id))
+        return service_pb2.GetJobResponse(job=await self._visible_job(request.job_id))
 
     async def ListJobs(
         self, request: service_pb2.ListJobsRequest, context: aio.ServicerContext[Any, Any]
     ) -> service_pb2.ListJobsResponse:
         jobs, token = await self._store.list_jobs(
             states=_states(list(request.states)),
-            tenant=request.tenant,
+            tenant=list_tenant_filter(current_principal(), request.tenant),
             queue=request.queue,
             site=request.site,
             page_size=min(request.page_size or 100, _MAX_PAGE_SIZE),
@@ -118,17 +121,17 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: service_pb2.CancelJobRequest, context: aio.ServicerContext[Any, Any]
     ) -> service_pb2.CancelJobResponse:
-        validate_job_id(request.job_id)
-        job = await self._store.cancel(request.job_id, _reason(request.reason))
+        validate_reason(request.reason)
+        await self._visible_job(request.job_id)
+        job = await self._store.cancel(request.job_id, request.reason)
         log.info("cancel of %s requested: %s", job.id, request.reason or "(no reason)")
         return service_pb2.CancelJobResponse(job=job)
 
     async def WatchEvents(
         self, request: service_pb2.WatchEventsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[types_pb2.JobEvent]:
-        validate_job_id(request.job_id)
         after = _after(request.after_event_id)
-        job = await self._store.get_job(request.job_id)  # NOT_FOUND before streaming
+        job = await self._visible_job(request.job_id)  # NOT_FOUND before streaming
         if request.follow and not JobState(job.state).is_terminal():
             # Ends after the terminal event; a client going away cancels this generator.
             events = cast(
@@ -150,7 +153,7 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
     async def StreamLogs(
         self, request: service_pb2.StreamLogsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[service_pb2.LogChunk]:
-        validate_job_id(request.job_id)
+        await self._visible_job(request.job_id)
         chunks = self._logs.stream(
             request.job_id, attempt=request.attempt, follow=request.follow, stream=request.stream
         )
@@ -161,7 +164,7 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
     async def ExplainJob(
         self, request: service_pb2.ExplainJobRequest, context: aio.ServicerContext[Any, Any]
     ) -> service_pb2.ExplainJobResponse:
-        validate_job_id(request.job_id)
+        await self._visible_job(request.job_id)
         report = await explain_job(self._store, request.job_id)
         return service_pb2.ExplainJobResponse(
             job=report.job,

@@ -2,6 +2,10 @@
 
 Errors propagate to ``orchestrator.api.errors.ErrorInterceptor``. A malformed site id is
 INVALID_ARGUMENT naming ``site_id``; a well-formed id of no site is NOT_FOUND.
+
+Sites are a public catalogue: anyone with ``sites:read`` lists them. Registering is for
+operators; a site's state and policy may also be set by the partner that owns it (partners
+normally use ``FederationService``); another partner's site is PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -12,9 +16,16 @@ from typing import Any
 from grpc import aio
 
 from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc, types_pb2
+from orchestrator.api.auth import current_principal
 from orchestrator.errors import InvalidSpecError
+from orchestrator.security.authz import check_site_managed
 from orchestrator.store import JobStore
-from orchestrator.validation import normalize_policy, normalize_site, validate_site_id
+from orchestrator.validation import (
+    normalize_policy,
+    normalize_site,
+    validate_reason,
+    validate_site_id,
+)
 
 __all__ = ["SiteServiceServicer"]
 
@@ -57,7 +68,12 @@ class SiteServiceServicer(service_pb2_grpc.SiteServiceServicer):
         validate_site_id(request.site_id)
         if request.state not in _SETTABLE:
             raise InvalidSpecError("state", "must be ACTIVE, CORDONED or DRAINING")
-        status = await self._store.set_site_state(request.site_id, request.state)
+        validate_reason(request.reason)
+        owner = await self._store.site_owner(request.site_id)
+        check_site_managed(current_principal(), request.site_id, owner)
+        status = await self._store.set_site_state(
+            request.site_id, request.state, reason=request.reason
+        )
         log.info(
             "site %s set to %s: %s",
             request.site_id,
@@ -71,6 +87,8 @@ class SiteServiceServicer(service_pb2_grpc.SiteServiceServicer):
     ) -> service_pb2.SetSitePolicyResponse:
         validate_site_id(request.site_id)
         policy = normalize_policy(request.policy)
+        owner = await self._store.site_owner(request.site_id)
+        check_site_managed(current_principal(), request.site_id, owner)
         status = await self._store.set_site_policy(request.site_id, policy)
         log.info("site %s policy set", request.site_id)
         return service_pb2.SetSitePolicyResponse(site=status)

@@ -1,4 +1,8 @@
-"""``orchestrator.v1.TenantService``: proto in, one store call, proto out."""
+"""``orchestrator.v1.TenantService``: proto in, one store call, proto out.
+
+A tenant's own principal sees only its own tenant (another one is NOT_FOUND); operators see
+and change all of them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from typing import Any
 from grpc import aio
 
 from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc
+from orchestrator.api.auth import current_principal
+from orchestrator.security.authz import check_tenant_visible
+from orchestrator.security.tokens import Kind
 from orchestrator.store import JobStore
 from orchestrator.validation import normalize_tenant, validate_tenant_id
 
@@ -34,9 +41,14 @@ class TenantServiceServicer(service_pb2_grpc.TenantServiceServicer):
         self, request: service_pb2.GetTenantRequest, context: aio.ServicerContext[Any, Any]
     ) -> service_pb2.GetTenantResponse:
         validate_tenant_id(request.tenant_id)
+        check_tenant_visible(current_principal(), request.tenant_id)
         return service_pb2.GetTenantResponse(tenant=await self._store.get_tenant(request.tenant_id))
 
     async def ListTenants(
         self, request: service_pb2.ListTenantsRequest, context: aio.ServicerContext[Any, Any]
     ) -> service_pb2.ListTenantsResponse:
-        return service_pb2.ListTenantsResponse(tenants=await self._store.list_tenants())
+        principal = current_principal()
+        tenants = await self._store.list_tenants()
+        if principal.kind is Kind.TENANT:
+            tenants = [t for t in tenants if t.tenant.id == principal.tenant]
+        return service_pb2.ListTenantsResponse(tenants=tenants)

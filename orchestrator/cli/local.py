@@ -23,6 +23,8 @@ DEFAULT_SITES = EXAMPLES / "sites.yaml"
 DEFAULT_TENANTS = EXAMPLES / "tenants.yaml"
 DEFAULT_DEMO_JOBS = EXAMPLES / "demo-jobs.yaml"
 
+_REDIS_URL_ENV = "SG_UP_REDIS_URL"
+
 _state_dir_option = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -49,6 +51,7 @@ def start_local(
     dispatchers: int,
     timeout: float,
     tenants: Path | None = None,
+    insecure: bool = False,
 ) -> UpState:
     """Start the supervisor in its own session and wait (showing its stages) until ready."""
     state_dir = state_dir.resolve()
@@ -61,16 +64,20 @@ def start_local(
     ]  # fmt: skip
     if tenants is not None:
         args += ["--tenants", str(tenants.resolve())]
+    env = dict(os.environ)
     if redis_url:
-        args += ["--redis-url", redis_url]
+        # in the environment, not on the command line, where anyone could read a password
+        env[_REDIS_URL_ENV] = redis_url
     if ray_address:
         args += ["--ray-address", ray_address]
+    if insecure:
+        args += ["--insecure"]
     progress = state_dir / "up.progress"
     progress.unlink(missing_ok=True)
     with (state_dir / "logs" / "supervisor.out").open("ab") as out:
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env=env,
         )  # fmt: skip
     shown = 0
     started = time.monotonic()
@@ -152,6 +159,11 @@ def stop_local(state_dir: Path, *, timeout: float) -> bool:
 @click.option("--ray-address", help="Join this Ray cluster instead of starting a local one.")
 @click.option("--dispatchers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--timeout", type=float, default=180, show_default=True, help="Seconds to wait.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext API and agent streams, no certificates (bearer tokens are still required).",
+)
 def up(
     state_dir: Path,
     sites: Path,
@@ -161,11 +173,18 @@ def up(
     ray_address: str | None,
     dispatchers: int,
     timeout: float,
+    insecure: bool,
 ) -> None:
     """Start everything on this machine: Redis, Ray, the control plane, the API and demo sites.
 
     Returns once the API answers; everything keeps running in the background until
     `sgctl down`. Logs are in STATE_DIR/logs.
+
+    \b
+    Security, with no configuration: a development CA and certificates in STATE_DIR/certs
+    (TLS on the API, mTLS on every agent stream), token keys in STATE_DIR/auth and an operator
+    token in STATE_DIR/auth/operator.token, which sgctl uses when it talks to this API. Other
+    tokens: sgctl tokens issue --tenant ID (or --partner ID).
     """
     state = _running(state_dir)
     if state is not None:
@@ -174,8 +193,13 @@ def up(
     state = start_local(
         state_dir, sites=sites, api_listen=api_listen, redis_url=redis_url,
         ray_address=ray_address, dispatchers=dispatchers, timeout=timeout, tenants=tenants,
+        insecure=insecure,
     )  # fmt: skip
-    click.echo(f"up: API on {state.api}, sites: {', '.join(sorted(state.agents)) or 'none'}")
+    mode = "PLAINTEXT (--insecure)" if not state.ca else "TLS"
+    click.echo(
+        f"up: API on {state.api} ({mode}), sites: {', '.join(sorted(state.agents)) or 'none'}"
+    )
+    click.echo(f"operator token in {state.token_file}; sgctl uses it for this API")
     click.echo(f"logs in {Path(state.state_dir) / 'logs'}; stop with: sgctl down")
 
 
@@ -206,7 +230,6 @@ def demo(state_dir: Path, jobs_file: Path, keep: bool, timeout: float) -> None:
     Exits 0 when every check of the demo holds, 1 otherwise. Stops everything at the end
     unless --keep (or it was already running).
     """
-    from orchestrator.sdk import Client
     from orchestrator.spec import load_job_file
 
     specs = load_job_file(jobs_file)
@@ -220,7 +243,7 @@ def demo(state_dir: Path, jobs_file: Path, keep: bool, timeout: float) -> None:
         )  # fmt: skip
     ok = False
     try:
-        with Client.connect(state.api) as client:
+        with _connect(state) as client:
             click.echo(f"submitting {len(specs)} jobs from {jobs_file.name} ...", err=True)
             ids = [client.submit(spec).id for spec in specs]
             finals = _wait_all(client, ids, timeout=timeout)
@@ -231,6 +254,16 @@ def demo(state_dir: Path, jobs_file: Path, keep: bool, timeout: float) -> None:
             stop_local(state_dir, timeout=60)
     if not ok:
         sys.exit(1)
+
+
+def _connect(state: UpState) -> Any:
+    """A client of the API ``state`` describes, with its CA and the operator token."""
+    from orchestrator.config import TlsFiles
+    from orchestrator.sdk import Client
+
+    token = Path(state.token_file).read_text().strip() if state.token_file else None
+    tls = TlsFiles(ca=Path(state.ca)) if state.ca else False
+    return Client.connect(state.api, tls=tls, token=token)
 
 
 def _wait_all(client: Any, ids: list[str], *, timeout: float) -> list[Any]:

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
+from orchestrator.config import TlsFiles
 from orchestrator.sdk import Client
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "FORMATS",
     "Settings",
     "api_from_state",
+    "connection_from_state",
     "echo_records",
     "event_rows",
     "job_rows",
@@ -51,10 +53,14 @@ class Settings:
     """Address of the API server."""
     timeout: float
     """Seconds each call may take."""
+    tls: TlsFiles | bool = True
+    """False: plaintext; True: TLS checked against the system's CAs; files: against that CA."""
+    token: str | None = None
+    """Bearer token sent with every call."""
 
     def connect(self) -> Client:
         """A connected client (use it with ``with``)."""
-        return Client.connect(self.api, timeout=self.timeout)
+        return Client.connect(self.api, timeout=self.timeout, tls=self.tls, token=self.token)
 
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -74,14 +80,27 @@ def output_option(func: F) -> F:
     return option(func)
 
 
-def api_from_state(state_dir: Path) -> str | None:
-    """The API address ``sgctl up`` wrote to ``<state_dir>/up.json``, if it is there."""
+def _state(state_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads((state_dir / "up.json").read_text())
     except (OSError, ValueError):
-        return None
-    api = data.get("api") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def api_from_state(state_dir: Path) -> str | None:
+    """The API address ``sgctl up`` wrote to ``<state_dir>/up.json``, if it is there."""
+    api = _state(state_dir).get("api")
     return api if isinstance(api, str) and api else None
+
+
+def connection_from_state(state_dir: Path) -> tuple[str, str, str] | None:
+    """``(api, ca, token_file)`` of what ``sgctl up`` started (ca "" when it runs insecure)."""
+    data = _state(state_dir)
+    api, ca, token_file = data.get("api"), data.get("ca", ""), data.get("token_file", "")
+    if not isinstance(api, str) or not api:
+        return None
+    return api, ca if isinstance(ca, str) else "", token_file if isinstance(token_file, str) else ""
 
 
 # --- records -------------------------------------------------------------------------------

@@ -23,13 +23,17 @@ class UpState:
     api: str
     """Address of the API server."""
     redis_url: str
-    """The queue store."""
+    """The queue store (any password masked)."""
     state_dir: str
     """Absolute state dir."""
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Site id -> {"pid", "endpoint"} of each demo agent."""
     redis_pid: int | None = None
     """The embedded redis-server, if this started one."""
+    ca: str = ""
+    """CA certificate (PEM) the API's and agents' certificates chain to; "" when insecure."""
+    token_file: str = ""
+    """The operator token ``sgctl up`` issued (a file readable by its owner only)."""
 
 
 def state_path(state_dir: Path) -> Path:

@@ -20,10 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.config import ControlPlaneConfig, RedisConfig
+from orchestrator.config import ControlPlaneConfig, RedisConfig, SecurityConfig, TlsFiles
 from orchestrator.controlplane import ControlPlane
 from orchestrator.local.state import UpState, state_path, write_state
 from orchestrator.processes import stop_process
+from orchestrator.security.certs import write_dev_pki, write_site_certificate
+from orchestrator.security.tokens import Kind, TokenSigner, write_key_pair
 from orchestrator.sitefile import SiteConfig, load_site_file
 from orchestrator.store import JobStore, LocalRedis
 from orchestrator.tenantfile import load_tenant_file
@@ -60,6 +62,62 @@ class UpOptions:
     """Tenant file to load (home countries, weights, quotas); None loads none."""
     otel_env: Mapping[str, str] = field(default_factory=dict)
     """OTEL_* variables passed on to the actors and agents."""
+    insecure: bool = False
+    """Plaintext API and agent streams (no certificates made). Tokens are still required."""
+
+
+OPERATOR_TOKEN_TTL = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    """What the embedded default made in its state dir: certificates and token keys."""
+
+    security: SecurityConfig
+    certs: Path
+    token_file: Path
+
+
+def _host_names(listen: str) -> tuple[str, ...]:
+    host = listen.rpartition(":")[0].strip("[]")
+    names = ["localhost", "127.0.0.1"]
+    if host and host not in names and host not in ("0.0.0.0", "::"):
+        names.append(host)
+    return tuple(names)
+
+
+def _make_credentials(opts: UpOptions, sites: list[SiteConfig]) -> _Credentials:
+    """Certificates (a development CA, the API's, the control plane's, one per site) and the
+    token keys, made once and kept; a fresh operator token on every start."""
+    certs = opts.state_dir / "certs"
+    auth = opts.state_dir / "auth"
+    signing, verify = write_key_pair(auth)
+    token, _ = TokenSigner.from_file(signing).issue(
+        Kind.OPERATOR, "sgctl-up", ttl_seconds=OPERATOR_TOKEN_TTL
+    )
+    token_file = auth / "operator.token"
+    tmp = token_file.with_name(".operator.token.tmp")
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
+    tmp.write_text(token + "\n")
+    tmp.replace(token_file)
+    if opts.insecure:
+        log.warning("INSECURE: the API and the agent streams run in plaintext (--insecure)")
+        security = SecurityConfig(
+            insecure=True, token_verify_keys=(verify,), token_signing_key=signing
+        )
+        return _Credentials(security, certs, token_file)
+    write_dev_pki(certs, api_hosts=_host_names(opts.api_listen))
+    for site in sites:
+        write_site_certificate(certs, site.id)
+    security = SecurityConfig(
+        api_tls=TlsFiles.in_dir(certs, "api"),
+        agent_tls=TlsFiles.in_dir(certs, "control-plane"),
+        issuing_ca=TlsFiles(ca=certs / "ca.pem", cert=certs / "ca.pem", key=certs / "ca-key.pem"),
+        token_verify_keys=(verify,),
+        token_signing_key=signing,
+    )
+    return _Credentials(security, certs, token_file)
 
 
 class _Progress:
@@ -75,18 +133,30 @@ class _Progress:
             f.write(line + "\n")
 
 
-def _spawn_agent(opts: UpOptions, site: SiteConfig) -> tuple[subprocess.Popen[bytes], Path]:
+def _spawn_agent(
+    opts: UpOptions, site: SiteConfig, creds: _Credentials
+) -> tuple[subprocess.Popen[bytes], Path]:
     sdir = opts.state_dir / "agents" / site.id
     sdir.mkdir(parents=True, exist_ok=True)
     ready = sdir / "ready"
     ready.unlink(missing_ok=True)
+    sites_dir = creds.certs / "sites"
+    tls = (
+        ["--insecure"]
+        if opts.insecure
+        else [
+            "--tls-ca", str(creds.certs / "ca.pem"),
+            "--tls-cert", str(sites_dir / f"{site.id}.pem"),
+            "--tls-key", str(sites_dir / f"{site.id}-key.pem"),
+        ]
+    )  # fmt: skip
     with (opts.state_dir / "logs" / f"agent-{site.id}.log").open("ab") as out:
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "agents",
                 "--sites", str(opts.sites_file), "--site", site.id,
                 "--listen", "127.0.0.1:0", "--state-dir", str(sdir),
-                "--ready-file", str(ready),
+                "--ready-file", str(ready), *tls,
             ],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **opts.otel_env},
@@ -95,10 +165,10 @@ def _spawn_agent(opts: UpOptions, site: SiteConfig) -> tuple[subprocess.Popen[by
 
 
 async def _start_agents(
-    opts: UpOptions, sites: list[SiteConfig], progress: _Progress
+    opts: UpOptions, sites: list[SiteConfig], creds: _Credentials, progress: _Progress
 ) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
     logs = opts.state_dir / "logs"
-    procs = {site.id: _spawn_agent(opts, site) for site in sites}
+    procs = {site.id: _spawn_agent(opts, site, creds) for site in sites}
     out: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     deadline = time.monotonic() + 60
     while len(out) < len(procs):
@@ -151,17 +221,23 @@ async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
     try:
         if opts.redis_url:
             redis_url = opts.redis_url
-            progress(f"using Redis at {RedisConfig.from_url(redis_url).url.split('@')[-1]}")
+            progress(f"using Redis at {RedisConfig.from_url(redis_url).display_url}")
         else:
             progress("starting Redis (append-only, fsync always)")
             redis_server = LocalRedis(opts.state_dir / "redis")
             redis_url = await asyncio.to_thread(redis_server.start)
+        progress(
+            "making token keys and an operator token"
+            + ("" if opts.insecure else "; certificates for the API, control plane and sites")
+        )
+        creds = await asyncio.to_thread(_make_credentials, opts, sites)
         config = ControlPlaneConfig(
             redis=RedisConfig.from_url(redis_url, ssl_ca_certs=opts.redis_ca_certs),
             dispatchers=opts.dispatchers,
             api_listen=opts.api_listen,
             ray_address=opts.ray_address,
             state_dir=opts.state_dir,
+            security=creds.security,
         )
         store = JobStore.from_config(config.redis)
         await store.ping()
@@ -172,9 +248,9 @@ async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
         control_plane = ControlPlane(config, otel_env=opts.otel_env)
         await asyncio.to_thread(control_plane.start)
         progress("starting the API server")
-        api = ApiServer(store, listen=opts.api_listen)
+        api = ApiServer(store, listen=opts.api_listen, security=creds.security)
         address = await api.start()
-        progress(f"API server on {address}")
+        progress(f"API server on {address} ({'PLAINTEXT' if opts.insecure else 'TLS'})")
         if opts.tenants_file is not None:
             tenants = load_tenant_file(opts.tenants_file)
             for tenant in tenants:
@@ -182,7 +258,7 @@ async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
             progress(f"loaded {len(tenants)} tenants from {opts.tenants_file.name}")
         if sites:
             progress(f"starting {len(sites)} site agents")
-            agents = await _start_agents(opts, sites, progress)
+            agents = await _start_agents(opts, sites, creds, progress)
             for site in sites:
                 reg = site.to_proto()
                 reg.endpoint = agents[site.id][1]
@@ -193,12 +269,14 @@ async def run_supervisor(opts: UpOptions, stop: asyncio.Event) -> None:
             UpState(
                 pid=os.getpid(),
                 api=address,
-                redis_url=redis_url,
+                redis_url=RedisConfig.from_url(redis_url).display_url,
                 state_dir=str(opts.state_dir.resolve()),
                 agents={s: {"pid": p.pid, "endpoint": e} for s, (p, e) in agents.items()},
                 redis_pid=redis_server.process.pid
                 if redis_server and redis_server.process
                 else None,
+                ca="" if opts.insecure else str((creds.certs / "ca.pem").resolve()),
+                token_file=str(creds.token_file.resolve()),
             ),
         )
         progress("ready")
@@ -233,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dispatchers", type=int, default=2)
     parser.add_argument("--no-agents", action="store_true")
     parser.add_argument("--tenants", type=Path)
+    parser.add_argument("--insecure", action="store_true")
     ns = parser.parse_args(argv)
     state_dir = ns.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -248,13 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=state_dir,
         sites_file=ns.sites.resolve(),
         api_listen=ns.api_listen,
-        redis_url=ns.redis_url,
+        redis_url=ns.redis_url or os.environ.get("SG_UP_REDIS_URL") or None,
         redis_ca_certs=os.environ.get("SG_REDIS_CA_CERTS") or None,
         ray_address=ns.ray_address,
         dispatchers=ns.dispatchers,
         start_agents=not ns.no_agents,
         tenants_file=ns.tenants.resolve() if ns.tenants else None,
         otel_env=otel_env,
+        insecure=ns.insecure,
     )
 
     async def amain() -> None:

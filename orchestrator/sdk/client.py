@@ -4,6 +4,12 @@
         job = await client.submit(JobSpec(name="hello", tenant="acme", command=["echo", "hi"]))
         final = await job.wait(timeout=60)
 
+With TLS and a bearer token (what a deployed API server asks for):
+
+    client = await AsyncClient.connect(
+        "api.example.org:50051", tls=TlsFiles(ca=Path("ca.pem")), token=os.environ["SG_TOKEN"]
+    )
+
 Every call carries the caller's trace context (``traceparent``) in its metadata; ``submit``
 opens a client span ``sdk.submit`` so a job's trace starts here. Failures raise the classes of
 ``orchestrator.errors`` (mapped back from status codes by ``orchestrator.sdk.errors``).
@@ -19,14 +25,23 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, 
 from types import TracebackType
 from typing import Any, TypeVar
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 
-from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc, types_pb2
-from orchestrator.errors import ServiceUnavailableError, WaitTimeoutError
+from orchestrator._pb.orchestrator.v1 import (
+    federation_pb2,
+    federation_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
+    types_pb2,
+)
+from orchestrator.config import TlsFiles
+from orchestrator.errors import InvalidSpecError, ServiceUnavailableError, WaitTimeoutError
 from orchestrator.sdk.errors import error_from_rpc
 from orchestrator.sdk.job import AsyncJob
+from orchestrator.security.tls import channel_credentials, channel_options_for
 from orchestrator.spec import JobSpec
 from orchestrator.states import JobState
 from orchestrator.tracing import get_tracer, metadata_with_trace
@@ -41,6 +56,18 @@ T = TypeVar("T")
 _JOB_SERVICE = "orchestrator.v1.JobService"
 _PAGE_SIZE = 500
 _RECONNECT_ATTEMPTS = 5
+_WITHDRAW_MODES = {
+    "finish": federation_pb2.WITHDRAW_MODE_FINISH,
+    "requeue": federation_pb2.WITHDRAW_MODE_REQUEUE,
+}
+
+
+def _channel(address: str, tls: TlsFiles | bool | None, server_name: str | None) -> aio.Channel:
+    if tls is None or tls is False:
+        return aio.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials() if tls is True else channel_credentials(tls)
+    options = channel_options_for(server_name) if server_name else []
+    return aio.secure_channel(address, creds, options=options)
 
 
 def _state(value: int) -> JobState | None:
@@ -87,6 +114,7 @@ class AsyncClient:
         self._jobs = service_pb2_grpc.JobServiceStub(channel)
         self._sites = service_pb2_grpc.SiteServiceStub(channel)
         self._tenants = service_pb2_grpc.TenantServiceStub(channel)
+        self._federation = federation_pb2_grpc.FederationServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
 
     @classmethod
@@ -96,14 +124,25 @@ class AsyncClient:
         *,
         timeout: float = 10.0,  # noqa: ASYNC109 - the default deadline of every later call
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls: TlsFiles | bool | None = None,
+        server_name: str | None = None,
     ) -> AsyncClient:
         """Connect to the API server at ``host:port`` and check that it is serving.
 
         ``timeout`` bounds each unary call (streams that follow a job are unbounded);
-        ``metadata`` is sent with every call. Raises ``ServiceUnavailableError`` at once if
-        nothing answers at ``address``.
+        ``metadata`` is sent with every call, and so is ``token`` as ``authorization: Bearer``.
+        ``tls``: None or False for plaintext, True for TLS verified against the system's CAs,
+        or ``TlsFiles(ca=...)`` for a CA of your own (a client certificate in it is presented
+        too); ``server_name`` checks the server's certificate for that name instead of the
+        address's host. Raises ``ServiceUnavailableError`` at once if nothing answers at
+        ``address`` (or the TLS handshake fails).
         """
-        channel = aio.insecure_channel(address)
+        if token is not None and (not token or any(c.isspace() for c in token)):
+            raise InvalidSpecError("token", "is empty or contains whitespace")
+        channel = _channel(address, tls, server_name)
+        if token:
+            metadata = (*metadata, ("authorization", f"Bearer {token}"))
         client = cls(channel, address=address, timeout=timeout, metadata=metadata)
         try:
             await client._check_serving()
@@ -448,3 +487,110 @@ class AsyncClient:
             )
         )
         return list(response.tenants)
+
+    # ---------------------------------------------------------------- federation
+
+    async def create_enrolment(
+        self, partner_id: str, *, ttl_seconds: int = 0
+    ) -> federation_pb2.CreateEnrolmentResponse:
+        """Operators: a single-use, expiring enrolment token for partner ``partner_id``."""
+        return await self._call(
+            self._federation.CreateEnrolment(
+                federation_pb2.CreateEnrolmentRequest(
+                    partner_id=partner_id, ttl_seconds=ttl_seconds
+                ),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+
+    async def enrol(self, *, ttl_seconds: int = 0) -> federation_pb2.EnrolResponse:
+        """Partners, connected with an enrolment token: spend it and get the partner token
+        (``.token``) to connect with from then on."""
+        return await self._call(
+            self._federation.Enrol(
+                federation_pb2.EnrolRequest(ttl_seconds=ttl_seconds),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+
+    async def register_partner_site(
+        self, site: types_pb2.Site, *, csr_pem: str | bytes = ""
+    ) -> federation_pb2.RegisterPartnerSiteResponse:
+        """Partners: register (or update) a site you own; ``.identity`` has the TLS name its
+        agent must present and, for ``csr_pem``, the certificate issued for it."""
+        csr = csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem
+        return await self._call(
+            self._federation.RegisterSite(
+                federation_pb2.RegisterPartnerSiteRequest(site=site, csr_pem=csr),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+
+    async def offer_capacity(
+        self, offer: federation_pb2.CapacityOffer
+    ) -> federation_pb2.CapacityOffer:
+        """Partners: offer GPUs of an own site to tenants of other countries (an existing
+        ``offer.id`` is replaced)."""
+        response = await self._call(
+            self._federation.OfferCapacity(
+                federation_pb2.OfferCapacityRequest(offer=offer),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.offer
+
+    async def offers(self, site_id: str = "") -> list[federation_pb2.CapacityOffer]:
+        """Offers on ``site_id``, or on every site you manage."""
+        response = await self._call(
+            self._federation.ListOffers(
+                federation_pb2.ListOffersRequest(site_id=site_id),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return list(response.offers)
+
+    async def withdraw_capacity(
+        self, site_id: str, *, offer_id: str = "", mode: str = "finish", reason: str = ""
+    ) -> federation_pb2.WithdrawCapacityResponse:
+        """Withdraw one offer, or (no ``offer_id``) the whole site: cordoned, then drained.
+        ``mode`` "finish" lets running jobs finish; "requeue" moves them elsewhere."""
+        if mode not in _WITHDRAW_MODES:
+            raise InvalidSpecError("mode", f"must be one of {', '.join(_WITHDRAW_MODES)}")
+        return await self._call(
+            self._federation.WithdrawCapacity(
+                federation_pb2.WithdrawCapacityRequest(
+                    site_id=site_id, offer_id=offer_id, mode=_WITHDRAW_MODES[mode], reason=reason
+                ),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+
+    async def set_partner_site_policy(
+        self, site_id: str, policy: types_pb2.SitePolicy
+    ) -> types_pb2.SiteStatus:
+        """Partners: set an own site's home-ecosystem policy."""
+        response = await self._call(
+            self._federation.SetSitePolicy(
+                service_pb2.SetSitePolicyRequest(site_id=site_id, policy=policy),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return response.site
+
+    async def usage(self, site_ids: Iterable[str] = ()) -> list[federation_pb2.SiteUsage]:
+        """GPU-hours and energy per tenant on ``site_ids`` (default: every site you manage)."""
+        response = await self._call(
+            self._federation.GetUsage(
+                federation_pb2.GetUsageRequest(site_ids=list(site_ids)),
+                timeout=self._timeout,
+                metadata=self._meta(),
+            )
+        )
+        return list(response.sites)

@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequen
 from types import TracebackType
 from typing import Any, TypeVar
 
-from orchestrator._pb.orchestrator.v1 import service_pb2, types_pb2
+from orchestrator._pb.orchestrator.v1 import federation_pb2, service_pb2, types_pb2
+from orchestrator.config import TlsFiles
 from orchestrator.sdk.client import AsyncClient
 from orchestrator.sdk.job import Job
 from orchestrator.spec import JobSpec
@@ -135,11 +136,23 @@ class Client:
         *,
         timeout: float = 10.0,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls: TlsFiles | bool | None = None,
+        server_name: str | None = None,
     ) -> Client:
         """Connect to the API server at ``host:port`` (see ``AsyncClient.connect``)."""
         runner = _LoopThread()
         try:
-            client = runner.run(AsyncClient.connect(address, timeout=timeout, metadata=metadata))
+            client = runner.run(
+                AsyncClient.connect(
+                    address,
+                    timeout=timeout,
+                    metadata=metadata,
+                    token=token,
+                    tls=tls,
+                    server_name=server_name,
+                )
+            )
         except BaseException:
             runner.close()
             raise
@@ -265,3 +278,47 @@ class Client:
     def tenants(self) -> list[types_pb2.TenantStatus]:
         """All tenants with their usage, ordered by id."""
         return self._runner.run(self._async.tenants())
+
+    # ---------------------------------------------------------------- federation
+
+    def create_enrolment(
+        self, partner_id: str, *, ttl_seconds: int = 0
+    ) -> federation_pb2.CreateEnrolmentResponse:
+        """Operators: a single-use, expiring enrolment token for a partner."""
+        return self._runner.run(self._async.create_enrolment(partner_id, ttl_seconds=ttl_seconds))
+
+    def enrol(self, *, ttl_seconds: int = 0) -> federation_pb2.EnrolResponse:
+        """Partners: spend the enrolment token this client connected with."""
+        return self._runner.run(self._async.enrol(ttl_seconds=ttl_seconds))
+
+    def register_partner_site(
+        self, site: types_pb2.Site, *, csr_pem: str | bytes = ""
+    ) -> federation_pb2.RegisterPartnerSiteResponse:
+        """Partners: register an own site and receive its identity."""
+        return self._runner.run(self._async.register_partner_site(site, csr_pem=csr_pem))
+
+    def offer_capacity(self, offer: federation_pb2.CapacityOffer) -> federation_pb2.CapacityOffer:
+        """Partners: offer GPUs of an own site to tenants of other countries."""
+        return self._runner.run(self._async.offer_capacity(offer))
+
+    def offers(self, site_id: str = "") -> list[federation_pb2.CapacityOffer]:
+        """Offers on one site, or on every site you manage."""
+        return self._runner.run(self._async.offers(site_id))
+
+    def withdraw_capacity(
+        self, site_id: str, *, offer_id: str = "", mode: str = "finish", reason: str = ""
+    ) -> federation_pb2.WithdrawCapacityResponse:
+        """Withdraw one offer or the whole site ("finish" or "requeue" running jobs)."""
+        return self._runner.run(
+            self._async.withdraw_capacity(site_id, offer_id=offer_id, mode=mode, reason=reason)
+        )
+
+    def set_partner_site_policy(
+        self, site_id: str, policy: types_pb2.SitePolicy
+    ) -> types_pb2.SiteStatus:
+        """Partners: set an own site's home-ecosystem policy."""
+        return self._runner.run(self._async.set_partner_site_policy(site_id, policy))
+
+    def usage(self, site_ids: Iterable[str] = ()) -> list[federation_pb2.SiteUsage]:
+        """GPU-hours and energy per tenant on your sites."""
+        return self._runner.run(self._async.usage(site_ids))

@@ -23,7 +23,7 @@ def sgctl(api: ApiServer) -> Sgctl:
 
     async def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
         runner = CliRunner()
-        env = {"SG_API": api.address, **(env or {})}
+        env = {"SG_API": api.address, "SG_INSECURE": "1", **(env or {})}
         return await asyncio.to_thread(runner.invoke, cli, list(args), env=env)
 
     return run

@@ -62,6 +62,31 @@ def test_up_runs_jobs_and_down_leaves_nothing_running(tmp_path: Path) -> None:
         assert job["state"] == "JOB_STATE_SUCCEEDED" and job["site"] == "narvik"
         logs = sgctl("--state-dir", str(state_dir), "logs", job["id"])
         assert logs.returncode == 0 and "hello from narvik" in logs.stdout
+
+        # secure with no configuration: TLS and a token, which sgctl found in the state dir
+        assert state.ca and state.token_file
+        no_token = sgctl("--state-dir", str(state_dir), "--token-file", "/dev/null", "jobs")
+        assert no_token.returncode == 7 and "no bearer token" in no_token.stderr
+        plaintext = sgctl("--state-dir", str(state_dir), "--insecure", "jobs")
+        assert plaintext.returncode == 4, plaintext.stderr
+        tenant_token = tmp_path / "acme-ai.token"
+        issued = sgctl(
+            "--state-dir", str(state_dir), "tokens", "issue", "--tenant", "acme-ai", "--ttl", "5m"
+        )
+        assert issued.returncode == 0, issued.stderr
+        tenant_token.write_text(issued.stdout)
+        other = sgctl(
+            "--state-dir", str(state_dir), "--token-file", str(tenant_token), "describe", job["id"]
+        )
+        assert other.returncode == 3, other.stdout + other.stderr  # another tenant's job: not found
+
+        # a partner federates its own site with the SDK alone
+        partner = subprocess.run(
+            [sys.executable, "examples/partner_federation.py", "--state-dir", str(state_dir)],
+            capture_output=True, text=True, timeout=180, cwd=ROOT, check=False,
+        )  # fmt: skip
+        assert partner.returncode == 0, partner.stdout + partner.stderr
+        assert "SUCCEEDED on tromso" in partner.stdout and "refused:" in partner.stdout
     finally:
         down = sgctl("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stdout + down.stderr
