@@ -43,6 +43,9 @@ class AgentConfig:
     """How often ``ReadLogs(follow=True)`` looks for new output."""
     shutdown_grace_seconds: float = 5.0
     """Seconds open RPCs get to finish when the agent stops serving."""
+    max_connection_age_seconds: float = 24 * 3600.0
+    """Connections (the control stream among them) are closed gracefully after this long, so
+    that a renewed certificate reaches every connection; the dispatcher reconnects at once."""
     version: str = AGENT_VERSION
     """Version string reported to the control plane."""
     tls: TlsFiles | None = None
@@ -60,6 +63,7 @@ class AgentConfig:
             ("heartbeat_interval_seconds", 0.001),
             ("lease_seconds", 0.01),
             ("log_poll_seconds", 0.001),
+            ("max_connection_age_seconds", 1.0),
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:

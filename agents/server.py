@@ -370,7 +370,14 @@ class AgentServer:
         opened_here = not self._runtime.is_open
         await self._runtime.open()
         # No SO_REUSEPORT: a second agent on the same port must fail, not share the traffic.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        age_ms = int(self._config.max_connection_age_seconds * 1000)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_connection_age_ms", age_ms),
+                ("grpc.max_connection_age_grace_ms", min(age_ms, 10_000)),
+            ]
+        )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self._service, server)
         self._health = health.aio.HealthServicer()  # a fresh one: shutdown is final for it
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -25,6 +25,7 @@ from orchestrator.controlplane import ControlPlane
 from orchestrator.local.state import UpState, state_path, write_state
 from orchestrator.processes import stop_process
 from orchestrator.security.certs import write_dev_pki, write_site_certificate
+from orchestrator.security.files import write_atomically
 from orchestrator.security.tokens import Kind, TokenSigner, write_key_pair
 from orchestrator.sitefile import SiteConfig, load_site_file
 from orchestrator.store import JobStore, LocalRedis
@@ -96,11 +97,7 @@ def _make_credentials(opts: UpOptions, sites: list[SiteConfig]) -> _Credentials:
         Kind.OPERATOR, "sgctl-up", ttl_seconds=OPERATOR_TOKEN_TTL
     )
     token_file = auth / "operator.token"
-    tmp = token_file.with_name(".operator.token.tmp")
-    tmp.touch(mode=0o600)
-    tmp.chmod(0o600)
-    tmp.write_text(token + "\n")
-    tmp.replace(token_file)
+    write_atomically(token_file, (token + "\n").encode(), mode=0o600)
     if opts.insecure:
         log.warning("INSECURE: the API and the agent streams run in plaintext (--insecure)")
         security = SecurityConfig(

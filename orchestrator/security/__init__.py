@@ -6,10 +6,11 @@
 - ``authz``: default-deny scopes per method, and the checks on each object (job, site, tenant).
 - ``ratelimit``: a bounded token bucket per principal.
 - ``secrets``: refusal of environment values that look like secrets.
+- ``files``: writing key material atomically, private from the start.
 
 The modules are imported by name (``from orchestrator.security.tokens import ...``); this
 package imports none of them, so that light users (validation imports ``secrets``) do not pull
 in ``cryptography`` or gRPC.
 """
 
-__all__ = ["authz", "certs", "ratelimit", "secrets", "tls", "tokens"]
+__all__ = ["authz", "certs", "files", "ratelimit", "secrets", "tls", "tokens"]

@@ -20,7 +20,6 @@ import datetime as dt
 import ipaddress
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from orchestrator.errors import InvalidSpecError
+from orchestrator.security.files import write_atomically
 
 __all__ = [
     "API_SERVER_NAME",
@@ -457,22 +457,6 @@ def _read(path: Path, what: str) -> bytes:
 def _write_pair(
     cert_path: Path, cert_pem: bytes, key_path: Path, key_pem: bytes
 ) -> dict[str, Path]:
-    _write_atomically(key_path, key_pem, mode=0o600)
-    _write_atomically(cert_path, cert_pem, mode=0o644)
+    write_atomically(key_path, key_pem, mode=0o600)
+    write_atomically(cert_path, cert_pem, mode=0o644)
     return {key_path.name: key_path, cert_path.name: cert_path}
-
-
-def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
-    """Write ``data`` to ``path`` with ``mode`` from the start (never readable by others even
-    for a moment), replacing any old file in one step."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -52,7 +52,13 @@ def server_credentials(
     """
     if files.cert is None or files.key is None:
         raise InvalidSpecError("tls.cert", "a TLS server needs a certificate and its key")
-    reloader = _Reloader(files, require_client_auth=require_client_auth, server_name=server_name)
+    reloader = _Reloader(
+        files.cert,
+        files.key,
+        files.ca,
+        require_client_auth=require_client_auth,
+        server_name=server_name,
+    )
     # the stub's type omits it, but gRPC documents None from the fetcher as "no change"
     fetch = cast("Callable[[], grpc.ServerCertificateConfiguration]", reloader.fetch)
     return grpc.dynamic_ssl_server_credentials(
@@ -105,11 +111,16 @@ class _Reloader:
     """Holds the last good configuration; ``fetch`` returns a new one when the files changed."""
 
     def __init__(
-        self, files: TlsFiles, *, require_client_auth: bool, server_name: str | None
+        self,
+        cert: Path,
+        key: Path,
+        ca: Path,
+        *,
+        require_client_auth: bool,
+        server_name: str | None,
     ) -> None:
-        assert files.cert is not None and files.key is not None
-        self._files = files
-        self._paths = (files.cert, files.key, *([files.ca] if require_client_auth else []))
+        self._cert, self._key, self._ca = cert, key, ca
+        self._paths = (cert, key, *([ca] if require_client_auth else []))
         self._require_client_auth = require_client_auth
         self._server_name = server_name
         self._stamp = self._stat()
@@ -138,7 +149,7 @@ class _Reloader:
         except Exception:  # raised into gRPC's handshake, it would fail every one
             log.exception("reloading TLS files failed; keeping the old ones")
             return None
-        log.info("TLS certificate reloaded from %s", self._files.cert)
+        log.info("TLS certificate reloaded from %s", self._cert)
         return config
 
     def _stat(self) -> _Stamp:
@@ -152,12 +163,11 @@ class _Reloader:
         return tuple(out)
 
     def _load(self) -> grpc.ServerCertificateConfiguration:
-        assert self._files.cert is not None and self._files.key is not None
-        identity = _load_identity(self._files.cert, self._files.key, self._server_name)
+        identity = _load_identity(self._cert, self._key, self._server_name)
         roots = None
         if self._require_client_auth:
-            roots = _read(self._files.ca)
-            _check_certs(self._files.ca, roots)
+            roots = _read(self._ca)
+            _check_certs(self._ca, roots)
         return grpc.ssl_server_certificate_configuration(
             [(identity.key, identity.cert)], root_certificates=roots
         )

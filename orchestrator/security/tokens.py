@@ -32,10 +32,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -51,6 +49,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from orchestrator.errors import InvalidSpecError, UnauthenticatedError
+from orchestrator.security.files import write_atomically
 
 __all__ = [
     "ALL_SCOPES",
@@ -461,20 +460,6 @@ def _load_public(data: bytes, where: str) -> Ed25519PublicKey:
     return key
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_key_pair(directory: str | Path, *, force: bool = False) -> tuple[Path, Path]:
     """Make sure ``directory`` holds a token key pair; returns (signing key, verify key) paths.
 
@@ -489,11 +474,11 @@ def write_key_pair(directory: str | Path, *, force: bool = False) -> tuple[Path,
         key = _load_private(signing.read_bytes(), str(signing))
     else:
         key = Ed25519PrivateKey.generate()
-        _write_atomically(signing, _private_pem(key), 0o600)
+        write_atomically(signing, _private_pem(key), mode=0o600)
         log.info("wrote a new token signing key %s (kid %s)", signing, key_id(key.public_key()))
     public = _public_pem(key.public_key())
     if not verify.exists() or verify.read_bytes() != public:
-        _write_atomically(verify, public, 0o644)
+        write_atomically(verify, public, mode=0o644)
     return signing, verify
 
 

@@ -4,6 +4,8 @@ prove that a refused call changed nothing)."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from cryptography import x509
 from grpc import aio
 
 from orchestrator._pb.orchestrator.v1 import federation_pb2, service_pb2, types_pb2
@@ -32,6 +35,23 @@ METHODS: list[tuple[str, str, bool]] = [
     for service in (module.DESCRIPTOR.services_by_name[name],)
     for method in service.methods
 ]
+
+
+def peer_certificate(address: str, files: TlsFiles, server_name: str) -> x509.Certificate:
+    """The certificate a TLS server presents, read with a plain TLS socket (verifying chain and
+    name against ``files.ca``, presenting ``files``' client certificate when it has one)."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=str(files.ca))
+    if files.cert is not None and files.key is not None:
+        context.load_cert_chain(files.cert, files.key)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 async def raw_call(

@@ -15,8 +15,6 @@ import datetime as dt
 import logging
 import os
 import shutil
-import socket
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from secure_stack import peer_certificate
 
 from agents import AgentConfig, AgentRuntime, AgentServer, AgentService, LocalExecutor
 from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -117,13 +116,14 @@ def pki(tmp_path: Path) -> Pki:
 async def start_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[AgentServer]]]:
     servers: list[AgentServer] = []
 
-    async def start(site: SiteConfig, tls: TlsFiles | None) -> AgentServer:
+    async def start(site: SiteConfig, tls: TlsFiles | None, **changes: float) -> AgentServer:
         config = AgentConfig(
             site=site,
             state_dir=tmp_path / "agents" / f"{site.id}-{len(servers)}",
             tls=tls,
             heartbeat_interval_seconds=0.05,
             shutdown_grace_seconds=0.2,
+            **changes,  # type: ignore[arg-type]
         )
         server = AgentServer(config, executor=LocalExecutor(base_env=TEST_ENV))
         await server.start()
@@ -188,23 +188,6 @@ async def next_kind(call: object, kind: str) -> agent_pb2.AgentMessage:
             assert isinstance(message, agent_pb2.AgentMessage), message
             if message.WhichOneof("kind") == kind:
                 return message
-
-
-def peer_certificate(address: str, files: TlsFiles, server_name: str) -> x509.Certificate:
-    """The certificate a TLS server presents, read with a plain TLS socket (verifying chain and
-    name, presenting ``files``' client certificate)."""
-    host, _, port = address.rpartition(":")
-    context = ssl.create_default_context(cafile=str(files.ca))
-    assert files.cert is not None and files.key is not None
-    context.load_cert_chain(files.cert, files.key)
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection((host, int(port)), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=server_name) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
 
 
 # -- who may call the agent -----------------------------------------------------------------------
@@ -351,6 +334,27 @@ async def test_a_renewed_certificate_is_served_without_a_restart(
     assert kept.serial_number == renewed.serial_number
     assert any("keeping the old ones" in r.getMessage() for r in caplog.records)
     assert await read_logs_as(narvik.address, pki.control_plane) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_old_connections_age_out_so_renewed_certificates_reach_every_stream(
+    pki: Pki, start_agent: Callable[..., Awaitable[AgentServer]]
+) -> None:
+    agent = await start_agent(
+        site_config("narvik"), pki.site("narvik"), max_connection_age_seconds=1.0
+    )
+    async with secure_channel(agent.address, pki.control_plane) as channel:
+        call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
+        await call.write(agent_pb2.ControlMessage(hello=agent_pb2.ControlHello(site_id="narvik")))
+        assert await next_kind(call, "hello")
+        started = asyncio.get_running_loop().time()
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async with asyncio.timeout(15):
+                while isinstance(await call.read(), agent_pb2.AgentMessage):
+                    pass  # heartbeats, until the connection is aged out
+        lasted = asyncio.get_running_loop().time() - started
+    assert lasted < 10
+    # a new connection (made with whatever certificates are on disk now) is served at once
+    assert isinstance(await connect_as(agent.address, pki.control_plane), agent_pb2.AgentHello)
 
 
 async def test_certificate_files_gone_keep_the_last_good_ones(
