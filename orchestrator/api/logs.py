@@ -5,7 +5,8 @@ registered agent ``endpoint``, and streams ``AgentService.ReadLogs`` from there 
 kept open per (endpoint, site) (a re-registered endpoint gets a new channel). With ``tls`` the
 channel is mutual TLS: the proxy presents the control plane's certificate (agents answer
 nobody else) and accepts only a certificate naming the site's agent (``site_server_name``),
-whatever the endpoint's host. The files are read when a channel is opened.
+whatever the endpoint's host. The files are read when a channel is opened, and a channel opened
+before they were replaced is not used for new calls (it is closed with the proxy).
 
 Errors, as domain errors for the one table in ``orchestrator.api.errors``:
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -65,7 +67,8 @@ class LogProxy:
         self._store = store
         self._options = tuple(channel_options)
         self._tls = tls
-        self._channels: dict[tuple[str, str], aio.Channel] = {}
+        self._channels: dict[tuple[str, str], tuple[_Stamp, aio.Channel]] = {}
+        self._retired: list[aio.Channel] = []
         self._lock = asyncio.Lock()
 
     async def _site_of(self, job: types_pb2.Job, attempt: int) -> str:
@@ -84,16 +87,20 @@ class LogProxy:
         return site
 
     async def _channel(self, endpoint: str, site_id: str) -> aio.Channel:
+        stamp = _stamp(self._tls)
         async with self._lock:
-            channel = self._channels.get((endpoint, site_id))
-            if channel is None:
-                if self._tls is None:
-                    channel = aio.insecure_channel(endpoint, options=self._options)
-                else:
-                    options = [*self._options, *channel_options_for(site_server_name(site_id))]
-                    credentials = channel_credentials(self._tls)
-                    channel = aio.secure_channel(endpoint, credentials, options=options)
-                self._channels[(endpoint, site_id)] = channel
+            cached = self._channels.get((endpoint, site_id))
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            if cached is not None:  # certificate files replaced: new calls get a new channel
+                self._retired.append(cached[1])
+            if self._tls is None:
+                channel = aio.insecure_channel(endpoint, options=self._options)
+            else:
+                options = [*self._options, *channel_options_for(site_server_name(site_id))]
+                credentials = channel_credentials(self._tls)
+                channel = aio.secure_channel(endpoint, credentials, options=options)
+            self._channels[(endpoint, site_id)] = (stamp, channel)
             return channel
 
     async def stream(
@@ -134,9 +141,27 @@ class LogProxy:
     async def close(self) -> None:
         """Close every agent channel."""
         async with self._lock:
-            channels, self._channels = list(self._channels.values()), {}
+            channels = [c for _, c in self._channels.values()] + self._retired
+            self._channels, self._retired = {}, []
         for channel in channels:
             await channel.close()
+
+
+_Stamp = tuple[tuple[int, int], ...]
+
+
+def _stamp(tls: TlsFiles | None) -> _Stamp:
+    """When and how big the TLS files are (a replaced file changes it); () without TLS."""
+    if tls is None:
+        return ()
+    out = []
+    for path in (tls.ca, tls.cert, tls.key):
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            st = None
+        out.append((st.st_mtime_ns, st.st_size) if st is not None else (0, 0))
+    return tuple(out)
 
 
 def _agent_error(

@@ -30,7 +30,7 @@ from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.api import LogProxy
 from orchestrator.config import ControlPlaneConfig, SecurityConfig, TlsFiles
 from orchestrator.dispatch import Dispatcher, DispatcherOptions
-from orchestrator.errors import InvalidSpecError
+from orchestrator.errors import InternalError, InvalidSpecError
 from orchestrator.security.certs import (
     CONTROL_PLANE_NAME,
     create_ca,
@@ -467,9 +467,24 @@ async def test_the_dispatcher_connects_over_mtls_and_runs_a_job(
     proxy = LogProxy(store, tls=pki.control_plane)
     try:
         output = b"".join([chunk.data async for chunk in proxy.stream(job.id)])
+        assert output == b"hello over mtls\n"
+        # the proxy's files replaced (here by a certificate the agent does not accept): its
+        # next call opens a new channel with them, and is refused
+        files = pki.control_plane
+        assert files.cert is not None and files.key is not None
+        saved = files.cert.read_bytes(), files.key.read_bytes()
+        other = pki.client("intruder")
+        assert other.cert is not None and other.key is not None
+        shutil.copyfile(other.cert, files.cert)
+        shutil.copyfile(other.key, files.key)
+        with pytest.raises(InternalError, match="PERMISSION_DENIED"):
+            _ = [chunk async for chunk in proxy.stream(job.id)]
+        files.cert.write_bytes(saved[0])
+        files.key.write_bytes(saved[1])
+        again = b"".join([chunk.data async for chunk in proxy.stream(job.id)])
+        assert again == output
     finally:
         await proxy.close()
-    assert output == b"hello over mtls\n"
 
 
 async def test_plaintext_log_proxy_cannot_read_a_tls_agent(
