@@ -118,7 +118,7 @@ class _Group(click.Group):
     default=".sg",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where `sgctl up` wrote up.json (read for the API address).",
+    help="Where `sgctl up` wrote up.json (read for the API address, its CA and token).",
 )
 @click.option(
     "--timeout",
