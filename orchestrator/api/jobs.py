@@ -1,6 +1,7 @@
 """``orchestrator.v1.JobService``: proto in, one store call, proto out.
 
 Errors are not handled here: they propagate to ``orchestrator.api.errors.ErrorInterceptor``.
+``SubmitJobs`` renames them to the spec they are about (``specs[3].command``).
 A malformed job id is INVALID_ARGUMENT naming ``job_id`` (it cannot be any job's id); a
 well-formed id of no job is NOT_FOUND, and so is another tenant's job (a tenant cannot tell the
 two apart). Each call's principal is checked against the job it names before anything is read
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, cast
 
 from grpc import aio
@@ -21,12 +22,13 @@ from opentelemetry import trace
 from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc, types_pb2
 from orchestrator.api.auth import current_principal
 from orchestrator.api.logs import LogProxy
-from orchestrator.errors import InvalidSpecError
+from orchestrator.errors import InvalidSpecError, PermissionDeniedError
 from orchestrator.scheduler.explain import explain_job
 from orchestrator.scheduler.model import Reason
 from orchestrator.security.authz import check_job_visible, check_submit, list_tenant_filter
+from orchestrator.security.tokens import Principal
 from orchestrator.states import JobState
-from orchestrator.store import JobStore
+from orchestrator.store import MAX_SUBMIT_BATCH, JobStore
 from orchestrator.tracing import context_from_metadata, current_traceparent, get_tracer
 from orchestrator.validation import normalize_spec, validate_job_id, validate_reason
 
@@ -64,6 +66,33 @@ def _page_token(token: str) -> str:
     return token
 
 
+def _batch_specs(
+    principal: Principal, specs: Sequence[types_pb2.JobSpec]
+) -> list[types_pb2.JobSpec]:
+    """The specs of a SubmitJobs call, authorised (all of them first) and then normalised; an
+    error names the spec it is about (``specs[i]``)."""
+    if len(specs) > MAX_SUBMIT_BATCH:
+        raise InvalidSpecError(
+            "specs",
+            f"{len(specs)} specs; at most {MAX_SUBMIT_BATCH} per call (split the batch)",
+        )
+    allowed = []
+    for i, spec in enumerate(specs):
+        try:
+            allowed.append(check_submit(principal, spec))
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(
+                f"specs[{i}]: {exc.message}", principal=exc.principal
+            ) from None
+    out = []
+    for i, spec in enumerate(allowed):
+        try:
+            out.append(normalize_spec(spec))
+        except InvalidSpecError as exc:
+            raise InvalidSpecError(f"specs[{i}].{exc.field}", exc.problem) from None
+    return out
+
+
 def _after(event_id: str) -> str:
     if event_id and not _EVENT_ID_RE.match(event_id):
         raise InvalidSpecError("after_event_id", f"{event_id[:40]!r} is not an event id")
@@ -99,6 +128,34 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
             span.set_attributes({"job.id": job.id, "job.deduplicated": deduplicated})
         log.info("submitted %s (%s/%s) dedup=%s", job.id, spec.tenant, spec.name, deduplicated)
         return service_pb2.SubmitJobResponse(job=job, deduplicated=deduplicated)
+
+    async def SubmitJobs(
+        self, request: service_pb2.SubmitJobsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> service_pb2.SubmitJobsResponse:
+        # One span for the call, not one per job. Every job of the batch records this span's
+        # context as its traceparent, so the batch is one trace: each job's later spans
+        # (scheduler.place, dispatcher.dispatch, agent, the job's TRACEPARENT) are children of
+        # api.submit_batch, told apart by their job.id attribute.
+        parent = context_from_metadata(tuple(context.invocation_metadata() or ()))
+        with _tracer.start_as_current_span(
+            "api.submit_batch", context=parent, kind=trace.SpanKind.SERVER
+        ) as span:
+            span.set_attribute("jobs.count", len(request.specs))
+            specs = _batch_specs(current_principal(), request.specs)
+            traceparent = current_traceparent()
+            results = await self._store.submit_many(specs, traceparents=[traceparent] * len(specs))
+            deduplicated = sum(1 for _, dedup in results if dedup)
+            span.set_attribute("jobs.deduplicated", deduplicated)
+        if results:
+            log.info(
+                "submitted %d jobs in one batch (%s .. %s), %d deduplicated",
+                len(results), results[0][0].id, results[-1][0].id, deduplicated,
+            )  # fmt: skip
+        return service_pb2.SubmitJobsResponse(
+            results=[
+                service_pb2.SubmitJobResult(job=job, deduplicated=dedup) for job, dedup in results
+            ]
+        )
 
     async def GetJob(
         self, request: service_pb2.GetJobRequest, context: aio.ServicerContext[Any, Any]

@@ -38,6 +38,7 @@ _STATE_NAMES = [s.name.lower() for s in JobState]
 _EXIT_NOT_SUCCEEDED = 1
 _RECENT_EVENTS = 20
 _FINAL_HEADERS = ("ID", "NAME", "STATE", "EXIT", "SITE", "REASON")
+_MAX_SUBMIT_BATCH = 10_000  # specs in one SubmitJobs call
 
 
 def _final_rows(jobs: list[types_pb2.Job]) -> list[list[str]]:
@@ -117,7 +118,12 @@ def submit(
     """Submit the jobs in a job file and print their ids."""
     specs = load_job_file(job_file)
     with settings.connect() as client:
-        jobs = [client.submit(spec) for spec in specs]
+        # several jobs: one SubmitJobs call, all or nothing (split only past 10,000 jobs or
+        # about 2 MiB of specs)
+        if len(specs) > 1:
+            jobs = client.submit_many(specs, batch_size=_MAX_SUBMIT_BATCH)
+        else:
+            jobs = [client.submit(specs[0])]
         for job in jobs:
             if job.deduplicated:
                 click.echo(

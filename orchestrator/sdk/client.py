@@ -11,17 +11,26 @@ With TLS and a bearer token (what a deployed API server asks for):
     )
 
 Every call carries the caller's trace context (``traceparent``) in its metadata; ``submit``
-opens a client span ``sdk.submit`` so a job's trace starts here. Failures raise the classes of
-``orchestrator.errors`` (mapped back from status codes by ``orchestrator.sdk.errors``).
+opens a client span ``sdk.submit`` so a job's trace starts here (``submit_many``: one span
+``sdk.submit_batch`` per call, shared by the trace of every job in it). Failures raise the
+classes of ``orchestrator.errors`` (mapped back from status codes by ``orchestrator.sdk.errors``).
 The synchronous ``Client`` (``orchestrator.sdk.sync``) runs this class on a private loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -55,6 +64,9 @@ T = TypeVar("T")
 
 _JOB_SERVICE = "orchestrator.v1.JobService"
 _PAGE_SIZE = 500
+_MAX_BATCH = 10_000  # the API's limit on specs per SubmitJobs call
+_MAX_BATCH_BYTES = 2 * 1024 * 1024  # of encoded specs per call: the request, and the answer
+# (which repeats each spec with its job's fields), stay under gRPC's default 4 MiB
 _RECONNECT_ATTEMPTS = 5
 _WITHDRAW_MODES = {
     "finish": federation_pb2.WITHDRAW_MODE_FINISH,
@@ -93,6 +105,25 @@ def _states(states: Iterable[JobState | str]) -> list[types_pb2.JobState.ValueTy
         state = s if isinstance(s, JobState) else JobState.from_name(s)
         out.append(types_pb2.JobState.ValueType(state.value))
     return out
+
+
+def _batches(
+    specs: Iterable[JobSpec | types_pb2.JobSpec], size: int
+) -> Iterator[list[types_pb2.JobSpec]]:
+    """``specs`` as protos, in runs of at most ``size`` specs and about ``_MAX_BATCH_BYTES``
+    (a spec larger than that goes alone, and the server judges it)."""
+    batch: list[types_pb2.JobSpec] = []
+    nbytes = 0
+    for spec in specs:
+        pb = spec.to_proto() if isinstance(spec, JobSpec) else spec
+        spec_bytes = pb.ByteSize() + 8  # with its tag and length
+        if batch and (len(batch) >= size or nbytes + spec_bytes > _MAX_BATCH_BYTES):
+            yield batch
+            batch, nbytes = [], 0
+        batch.append(pb)
+        nbytes += spec_bytes
+    if batch:
+        yield batch
 
 
 class AsyncClient:
@@ -226,6 +257,61 @@ class AsyncClient:
         return AsyncJob(
             self, response.job.id, info=response.job, deduplicated=response.deduplicated
         )
+
+    async def submit_many(
+        self,
+        specs: Sequence[JobSpec | types_pb2.JobSpec],
+        *,
+        batch_size: int = 1000,
+        concurrency: int = 1,
+    ) -> list[AsyncJob]:
+        """Submit many jobs; returns their handles, in the order of ``specs``.
+
+        The specs go in ``SubmitJobs`` calls of at most ``batch_size`` specs (1 to 10,000)
+        and about 2 MiB each, ``concurrency`` calls in flight at a time (1: one after
+        another, so the jobs enter their queues in the order of ``specs``; more overlaps the
+        calls for speed, and calls may then land out of order). Each call is all or nothing:
+        one bad spec fails it (``InvalidSpecError`` naming ``specs[i].<field>``, ``i``
+        counted within that call) with none of its jobs written, and the error is raised.
+        Other calls of the same list may have been accepted by then: give each spec a
+        ``client_request_id``, and a retry of the whole list returns their jobs
+        (``deduplicated``) instead of making them again.
+        """
+        if not 1 <= batch_size <= _MAX_BATCH:
+            raise InvalidSpecError("batch_size", f"must be 1 to {_MAX_BATCH}, got {batch_size}")
+        if concurrency < 1:
+            raise InvalidSpecError("concurrency", f"must be at least 1, got {concurrency}")
+        jobs: list[AsyncJob] = []
+        window: collections.deque[asyncio.Task[list[AsyncJob]]] = collections.deque()
+        try:
+            for batch in _batches(specs, batch_size):
+                if len(window) >= concurrency:
+                    jobs += await window.popleft()
+                window.append(asyncio.ensure_future(self._submit_batch(batch)))
+            while window:
+                jobs += await window.popleft()
+        finally:
+            for task in window:
+                task.cancel()
+            await asyncio.gather(*window, return_exceptions=True)
+        return jobs
+
+    async def _submit_batch(self, batch: list[types_pb2.JobSpec]) -> list[AsyncJob]:
+        """One SubmitJobs call, in its own client span."""
+        with _tracer.start_as_current_span(
+            "sdk.submit_batch", kind=trace.SpanKind.CLIENT, attributes={"jobs.count": len(batch)}
+        ):
+            response = await self._call(
+                self._jobs.SubmitJobs(
+                    service_pb2.SubmitJobsRequest(specs=batch),
+                    timeout=self._timeout,
+                    metadata=self._meta(),
+                )
+            )
+        return [
+            AsyncJob(self, r.job.id, info=r.job, deduplicated=r.deduplicated)
+            for r in response.results
+        ]
 
     def job(self, job_id: str) -> AsyncJob:
         """A handle on job ``job_id`` (no call is made)."""

@@ -189,6 +189,20 @@ class Client:
         """Submit a job; returns its handle (``.info`` holds the accepted job)."""
         return Job(self._runner.run(self._async.submit(spec)), self._runner)
 
+    def submit_many(
+        self,
+        specs: Sequence[JobSpec | types_pb2.JobSpec],
+        *,
+        batch_size: int = 1000,
+        concurrency: int = 1,
+    ) -> list[Job]:
+        """Submit many jobs in calls of ``batch_size``; their handles, in order (see
+        ``AsyncClient.submit_many``)."""
+        jobs = self._runner.run(
+            self._async.submit_many(specs, batch_size=batch_size, concurrency=concurrency)
+        )
+        return [Job(job, self._runner) for job in jobs]
+
     def job(self, job_id: str) -> Job:
         """A handle on job ``job_id`` (no call is made)."""
         return Job(self._async.job(job_id), self._runner)

@@ -55,6 +55,7 @@ _FEDERATION = "/orchestrator.v1.FederationService/"
 METHOD_SCOPES: Final[Mapping[str, str]] = MappingProxyType(
     {
         _JOBS + "SubmitJob": JOBS_SUBMIT,
+        _JOBS + "SubmitJobs": JOBS_SUBMIT,
         _JOBS + "GetJob": JOBS_READ,
         _JOBS + "ListJobs": JOBS_READ,
         _JOBS + "WatchEvents": JOBS_READ,

@@ -4,6 +4,7 @@ from orchestrator.store.epoch import EpochGuard, Rollback
 from orchestrator.store.keys import Keys
 from orchestrator.store.redis_server import LocalRedis, find_redis_server, free_port
 from orchestrator.store.store import (
+    MAX_SUBMIT_BATCH,
     Ack,
     Assignment,
     Decision,
@@ -20,6 +21,7 @@ from orchestrator.store.store import (
 )
 
 __all__ = [
+    "MAX_SUBMIT_BATCH",
     "Ack",
     "Assignment",
     "Decision",

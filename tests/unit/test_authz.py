@@ -56,7 +56,7 @@ def all_methods() -> list[str]:
 
 def test_every_method_of_every_service_needs_a_scope() -> None:
     methods = all_methods()
-    assert len(methods) == 23  # 7 job, 5 site, 3 tenant and 8 federation methods
+    assert len(methods) == 24  # 8 job, 5 site, 3 tenant and 8 federation methods
     missing = [m for m in methods if m not in METHOD_SCOPES]
     assert not missing, f"methods without a scope (refused to everyone): {missing}"
     assert set(METHOD_SCOPES) == set(methods), "scopes listed for methods that do not exist"
@@ -67,6 +67,7 @@ def test_every_method_of_every_service_needs_a_scope() -> None:
     ("method", "scope"),
     [
         ("/orchestrator.v1.JobService/SubmitJob", "jobs:submit"),
+        ("/orchestrator.v1.JobService/SubmitJobs", "jobs:submit"),
         ("/orchestrator.v1.JobService/StreamLogs", "jobs:read"),
         ("/orchestrator.v1.JobService/ExplainJob", "jobs:read"),
         ("/orchestrator.v1.JobService/CancelJob", "jobs:cancel"),

@@ -10,9 +10,9 @@ import pytest
 SURFACES = {
     "orchestrator.store": [
         "Ack", "Assignment", "Decision", "EpochGuard", "HeldAttempt", "JobStore", "Keys",
-        "LocalRedis", "PendingRef", "Reconciliation", "Rollback", "RunningRecord", "SiteRecord",
-        "StatusReport", "TenantRecord", "Victim", "find_redis_server", "free_port",
-        "pending_score",
+        "LocalRedis", "MAX_SUBMIT_BATCH", "PendingRef", "Reconciliation", "Rollback",
+        "RunningRecord", "SiteRecord", "StatusReport", "TenantRecord", "Victim",
+        "find_redis_server", "free_port", "pending_score",
     ],
     "orchestrator.scheduler": [
         "CycleStats", "DefaultPolicy", "Explanation", "JobExplanation", "JobRequest", "Placed",

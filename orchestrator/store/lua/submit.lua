@@ -1,31 +1,71 @@
--- Accept one job: write its record, put it in its queue, record the event. Idempotent on
--- (tenant, client request id).
+-- Accept jobs, in order: write each one's record, put it in its queue, record its event. One
+-- call is atomic (Redis runs nothing else meanwhile), however many jobs it carries. Idempotent
+-- on (tenant, client request id): a job whose request id is known, from an earlier call or
+-- from earlier in this one, is not written again; the earlier job's id is returned instead.
 -- KEYS: none (built from the prefix).
 -- ({p}jobs is scored 0 for all: ids sort by submit time, so it is listed by lex range.)
--- ARGV: 1 prefix, 2 job id, 3 spec (JobSpec protobuf bytes), 4 tenant, 5 queue,
---       6 priority class, 7 max attempts, 8 now (s), 9 pending score, 10 traceparent,
---       11 GPUs in all (gpus x nodes), 12 CPUs in all, 13 memory MiB in all,
---       14 client request id ('' for none), 15 idempotency TTL (s), 16 events maxlen,
---       17 submit time in ms, 18 allowed countries as ',NO,SE,' ('' for anywhere),
---       19 excluded sites as ',a,b,' ('' for none)
--- Returns: {job id, 1 if an earlier job with that request id was returned else 0}
-local p, id, tenant, queue, crid = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[14]
-local idem = p .. 'idem:' .. tenant .. ':' .. crid
-if crid ~= '' then
-  local existing = redis.call('GET', idem)
-  if existing then return {existing, 1} end
+-- ARGV: 1 prefix, 2 now (s), 3 idempotency TTL (s), 4 events maxlen, then 4 per job, from
+--       offset o = 4, 8, 12 ...: o+1 job id, o+2 spec (JobSpec protobuf bytes), o+3 traceparent,
+--       o+4 its other fields in one string, separated by single spaces (none holds a space):
+--       tenant, queue, priority class, max attempts, pending score, GPUs in all (gpus x nodes),
+--       CPUs in all, memory MiB in all, client request id ('' for none), allowed countries as
+--       ',NO,SE,' ('' for anywhere), excluded sites as ',a,b,' ('' for none)
+-- Returns: {id, dedup, id, dedup, ...}: per job, in order, its id and 1 if an earlier job with
+-- its request id was returned else 0.
+-- (Per job only its record and its two events are written one by one; the sorted-set and set
+-- members of the whole call go in a few multi-member commands at the end. Few arguments per job
+-- keep the caller's encoding of a large call cheap.)
+local p, now, ttl, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+local all = {}      -- {0, id, 0, id ...} for {p}jobs
+local pending = {}  -- queue -> {score, id, score, id ...}
+local queues = {}   -- distinct queues, in first-seen order
+
+-- One command per at most 4,000 arguments after the key (Lua's unpack is limited to 8,000).
+local function add_all(cmd, key, items)
+  for i = 1, #items, 4000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 3999, #items)))
+  end
 end
-redis.call('HSET', p .. 'job:' .. id,
-  'spec', ARGV[3], 'state', '1', 'attempt', '1', 'site', '', 'gpu_type', '',
-  'tenant', tenant, 'queue', queue, 'prio', ARGV[6], 'max_attempts', ARGV[7],
-  'created', ARGV[8], 'updated', ARGV[8], 'score', ARGV[9], 'tp', ARGV[10],
-  'r_gpus', ARGV[11], 'r_cpus', ARGV[12], 'r_mem', ARGV[13], 'cancel', '0', 'unsched', '0',
-  'reason', 'waiting for placement', 'allowed', ARGV[18], 'excl', ARGV[19], 'fails', '0',
-  'preempts', '0', 'r_watts', '0', 'nonhome', '0', 'jur', '', 'preempting', '0')
-redis.call('ZADD', p .. 'jobs', 0, id)
-redis.call('ZADD', p .. 'pending:' .. queue, ARGV[9], id)
-redis.call('SADD', p .. 'queues', queue)
-if crid ~= '' then redis.call('SET', idem, id, 'EX', ARGV[15]) end
-emit(p, id, '1', '1', '', 'submitted', ARGV[8], '', ARGV[16])
-redis.call('PUBLISH', p .. 'wake', '1')
-return {id, 0}
+
+local FIELDS = '^' .. string.rep('([^ ]*) ', 10) .. '([^ ]*)$'  -- with 10 spaces, always matches
+for o = 4, #ARGV - 4, 4 do
+  local id = ARGV[o + 1]
+  local tenant, queue, prio, max_attempts, score, gpus, cpus, mem, crid, allowed, excl =
+    string.match(ARGV[o + 4], FIELDS)
+  local idem = p .. 'idem:' .. tenant .. ':' .. crid
+  local existing = crid ~= '' and redis.call('GET', idem)
+  if existing then
+    out[#out + 1] = existing
+    out[#out + 1] = 1
+  else
+    redis.call('HSET', p .. 'job:' .. id,
+      'spec', ARGV[o + 2], 'state', '1', 'attempt', '1', 'site', '', 'gpu_type', '',
+      'tenant', tenant, 'queue', queue, 'prio', prio, 'max_attempts', max_attempts,
+      'created', now, 'updated', now, 'score', score, 'tp', ARGV[o + 3],
+      'r_gpus', gpus, 'r_cpus', cpus, 'r_mem', mem, 'cancel', '0', 'unsched', '0',
+      'reason', 'waiting for placement', 'allowed', allowed, 'excl', excl, 'fails', '0',
+      'preempts', '0', 'r_watts', '0', 'nonhome', '0', 'jur', '', 'preempting', '0')
+    if crid ~= '' then redis.call('SET', idem, id, 'EX', ttl) end
+    emit(p, id, '1', '1', '', 'submitted', now, '', maxlen)
+    all[#all + 1] = 0
+    all[#all + 1] = id
+    local members = pending[queue]
+    if not members then
+      members = {}
+      pending[queue] = members
+      queues[#queues + 1] = queue
+    end
+    members[#members + 1] = score
+    members[#members + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = 0
+  end
+end
+if #all > 0 then
+  add_all('ZADD', p .. 'jobs', all)
+  for _, queue in ipairs(queues) do add_all('ZADD', p .. 'pending:' .. queue, pending[queue]) end
+  add_all('SADD', p .. 'queues', queues)
+  redis.call('PUBLISH', p .. 'wake', '1')
+end
+return out

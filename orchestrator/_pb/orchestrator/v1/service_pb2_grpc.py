@@ -41,6 +41,11 @@ class JobServiceStub:
                 request_serializer=orchestrator_dot_v1_dot_service__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=orchestrator_dot_v1_dot_service__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.SubmitJobs = channel.unary_unary(
+                '/orchestrator.v1.JobService/SubmitJobs',
+                request_serializer=orchestrator_dot_v1_dot_service__pb2.SubmitJobsRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1_dot_service__pb2.SubmitJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/orchestrator.v1.JobService/GetJob',
                 request_serializer=orchestrator_dot_v1_dot_service__pb2.GetJobRequest.SerializeToString,
@@ -80,6 +85,23 @@ class JobServiceServicer:
     def SubmitJob(self, request, context):
         """Validates and enqueues a job. Answers only after the write is durable.
         INVALID_ARGUMENT names the bad field; UNAVAILABLE when the store cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJobs(self, request, context):
+        """Validates and enqueues many jobs in one call, all or nothing. Every spec is authorised and
+        validated first: a spec for a tenant the caller may not submit for makes the whole call
+        PERMISSION_DENIED, any invalid one makes it INVALID_ARGUMENT naming `specs[i].<field>`, and
+        in both cases nothing is written. The jobs are then written in one atomic step, and the
+        call answers only after that write is durable. Each spec's client_request_id deduplicates
+        as in SubmitJob, against earlier calls and against earlier specs of the same call.
+        At most 10,000 specs per call (more: INVALID_ARGUMENT on `specs`); the request must also
+        fit the server's message size limit (4 MiB by default, enough for 10,000 small specs), so
+        larger batches must be split by the client into several calls (the SDK's submit_many
+        does). The jobs of one call share one trace context (the call's). UNAVAILABLE when the
+        store cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +157,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=orchestrator_dot_v1_dot_service__pb2.SubmitJobRequest.FromString,
                     response_serializer=orchestrator_dot_v1_dot_service__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'SubmitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJobs,
+                    request_deserializer=orchestrator_dot_v1_dot_service__pb2.SubmitJobsRequest.FromString,
+                    response_serializer=orchestrator_dot_v1_dot_service__pb2.SubmitJobsResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -195,6 +222,33 @@ class JobService:
             '/orchestrator.v1.JobService/SubmitJob',
             orchestrator_dot_v1_dot_service__pb2.SubmitJobRequest.SerializeToString,
             orchestrator_dot_v1_dot_service__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.JobService/SubmitJobs',
+            orchestrator_dot_v1_dot_service__pb2.SubmitJobsRequest.SerializeToString,
+            orchestrator_dot_v1_dot_service__pb2.SubmitJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

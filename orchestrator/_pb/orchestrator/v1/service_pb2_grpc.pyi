@@ -38,6 +38,19 @@ class JobServiceStub:
     """Validates and enqueues a job. Answers only after the write is durable.
     INVALID_ARGUMENT names the bad field; UNAVAILABLE when the store cannot be reached.
     """
+    SubmitJobs: _grpc.UnaryUnaryMultiCallable[_service_pb2.SubmitJobsRequest, _service_pb2.SubmitJobsResponse]
+    """Validates and enqueues many jobs in one call, all or nothing. Every spec is authorised and
+    validated first: a spec for a tenant the caller may not submit for makes the whole call
+    PERMISSION_DENIED, any invalid one makes it INVALID_ARGUMENT naming `specs[i].<field>`, and
+    in both cases nothing is written. The jobs are then written in one atomic step, and the
+    call answers only after that write is durable. Each spec's client_request_id deduplicates
+    as in SubmitJob, against earlier calls and against earlier specs of the same call.
+    At most 10,000 specs per call (more: INVALID_ARGUMENT on `specs`); the request must also
+    fit the server's message size limit (4 MiB by default, enough for 10,000 small specs), so
+    larger batches must be split by the client into several calls (the SDK's submit_many
+    does). The jobs of one call share one trace context (the call's). UNAVAILABLE when the
+    store cannot be reached.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetJobRequest, _service_pb2.GetJobResponse]
     """Returns one job. NOT_FOUND when there is no such job."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListJobsRequest, _service_pb2.ListJobsResponse]
@@ -61,6 +74,19 @@ class JobServiceAsyncStub(JobServiceStub):
     SubmitJob: _aio.UnaryUnaryMultiCallable[_service_pb2.SubmitJobRequest, _service_pb2.SubmitJobResponse]  # type: ignore[assignment]
     """Validates and enqueues a job. Answers only after the write is durable.
     INVALID_ARGUMENT names the bad field; UNAVAILABLE when the store cannot be reached.
+    """
+    SubmitJobs: _aio.UnaryUnaryMultiCallable[_service_pb2.SubmitJobsRequest, _service_pb2.SubmitJobsResponse]  # type: ignore[assignment]
+    """Validates and enqueues many jobs in one call, all or nothing. Every spec is authorised and
+    validated first: a spec for a tenant the caller may not submit for makes the whole call
+    PERMISSION_DENIED, any invalid one makes it INVALID_ARGUMENT naming `specs[i].<field>`, and
+    in both cases nothing is written. The jobs are then written in one atomic step, and the
+    call answers only after that write is durable. Each spec's client_request_id deduplicates
+    as in SubmitJob, against earlier calls and against earlier specs of the same call.
+    At most 10,000 specs per call (more: INVALID_ARGUMENT on `specs`); the request must also
+    fit the server's message size limit (4 MiB by default, enough for 10,000 small specs), so
+    larger batches must be split by the client into several calls (the SDK's submit_many
+    does). The jobs of one call share one trace context (the call's). UNAVAILABLE when the
+    store cannot be reached.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_service_pb2.GetJobRequest, _service_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job. NOT_FOUND when there is no such job."""
@@ -88,6 +114,25 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_service_pb2.SubmitJobResponse, _abc.Awaitable[_service_pb2.SubmitJobResponse]]:
         """Validates and enqueues a job. Answers only after the write is durable.
         INVALID_ARGUMENT names the bad field; UNAVAILABLE when the store cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitJobs(
+        self,
+        request: _service_pb2.SubmitJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.SubmitJobsResponse, _abc.Awaitable[_service_pb2.SubmitJobsResponse]]:
+        """Validates and enqueues many jobs in one call, all or nothing. Every spec is authorised and
+        validated first: a spec for a tenant the caller may not submit for makes the whole call
+        PERMISSION_DENIED, any invalid one makes it INVALID_ARGUMENT naming `specs[i].<field>`, and
+        in both cases nothing is written. The jobs are then written in one atomic step, and the
+        call answers only after that write is durable. Each spec's client_request_id deduplicates
+        as in SubmitJob, against earlier calls and against earlier specs of the same call.
+        At most 10,000 specs per call (more: INVALID_ARGUMENT on `specs`); the request must also
+        fit the server's message size limit (4 MiB by default, enough for 10,000 small specs), so
+        larger batches must be split by the client into several calls (the SDK's submit_many
+        does). The jobs of one call share one trace context (the call's). UNAVAILABLE when the
+        store cannot be reached.
         """
 
     @_abc_1.abstractmethod
