@@ -20,13 +20,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agents.config import AGENT_VERSION, AgentConfig
+from agents.executors.base import Executor
 from agents.executors.local import LocalExecutor
+from agents.executors.sim import SimExecutor
 from agents.server import AgentServer
 from orchestrator.config import TlsFiles
 from orchestrator.errors import InvalidSpecError, SiteNotFoundError
 from orchestrator.tracing import configure_tracing
 
-__all__ = ["build_parser", "main"]
+__all__ = [
+    "add_transport_security",
+    "build_parser",
+    "main",
+    "transport_security",
+    "write_ready_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sg-agent",
         description=(
             "Run the agent of one site: it serves the control plane's control stream, runs the "
-            "jobs it is sent as local process groups, and reports their status. Stops on "
-            "SIGTERM or SIGINT, stopping its jobs first."
+            "jobs it is sent as local process groups (or, with --executor sim, only simulates "
+            "them), and reports their status. Stops on SIGTERM or SIGINT, stopping its jobs "
+            "first."
         ),
         epilog=(
             "example:\n"
@@ -89,29 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="once serving, write the bound host:port here (atomically)",
     )
     parser.add_argument(
+        "--executor",
+        choices=["local", "sim"],
+        default="local",
+        help=(
+            "how jobs run: local process groups, or sim, which starts nothing: a job takes "
+            "SG_SIM_SECONDS from its env (else N for `sleep N`, else 0) and exits with "
+            "SG_SIM_EXIT (else 0); for benchmarks (default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
         "--kill-grace",
         type=float,
         default=3.0,
         metavar="SECONDS",
         help="seconds between SIGTERM and SIGKILL when stopping a job (default: %(default)s)",
     )
-    security = parser.add_argument_group(
-        "transport security", "mutual TLS (all three files) or --insecure; one is required"
-    )
-    security.add_argument(
-        "--tls-ca", type=Path, metavar="PATH", help="CA the control plane's certificate chains to"
-    )
-    security.add_argument(
-        "--tls-cert",
-        type=Path,
-        metavar="PATH",
-        help="this agent's certificate, naming <site>.site.sovereign-grid (sgctl certs issue)",
-    )
-    security.add_argument("--tls-key", type=Path, metavar="PATH", help="its private key")
-    security.add_argument(
-        "--insecure",
-        action="store_true",
-        help="serve plaintext without authentication (tests and loopback only)",
+    add_transport_security(
+        parser,
+        cert_help="this agent's certificate, naming <site>.site.sovereign-grid (sgctl certs issue)",
     )
     parser.add_argument(
         "--log-level",
@@ -123,11 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_transport_security(parser: argparse.ArgumentParser, *, cert_help: str) -> None:
+    """Add ``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--insecure`` (read them back with
+    ``transport_security``)."""
+    security = parser.add_argument_group(
+        "transport security", "mutual TLS (all three files) or --insecure; one is required"
+    )
+    security.add_argument(
+        "--tls-ca", type=Path, metavar="PATH", help="CA the control plane's certificate chains to"
+    )
+    security.add_argument("--tls-cert", type=Path, metavar="PATH", help=cert_help)
+    security.add_argument("--tls-key", type=Path, metavar="PATH", help="its private key")
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext without authentication (tests and loopback only)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sg-agent`` and ``python -m agents``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    tls = _tls_files(parser, args)
+    tls = transport_security(parser, args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -151,15 +174,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sg-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_tracing("sg-agent", os.environ)
-    executor = LocalExecutor(base_env=os.environ)
+    executor: Executor = (
+        SimExecutor() if args.executor == "sim" else LocalExecutor(base_env=os.environ)
+    )
     try:
         return asyncio.run(_serve(config, executor, ready_file=args.ready_file))
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         return EXIT_FAILED
 
 
-def _tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsFiles | None:
-    """The agent's TLS files, None for ``--insecure``; exits 2 unless exactly one was chosen."""
+def transport_security(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> TlsFiles | None:
+    """The TLS files of ``add_transport_security``'s options, None for ``--insecure``; exits 2
+    (``parser.error``) unless exactly one of the two was chosen."""
     given = {
         flag: value
         for flag, value in (
@@ -186,7 +214,7 @@ def _tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tls
     return TlsFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
 
 
-async def _serve(config: AgentConfig, executor: LocalExecutor, *, ready_file: Path | None) -> int:
+async def _serve(config: AgentConfig, executor: Executor, *, ready_file: Path | None) -> int:
     server = AgentServer(config, executor=executor)
     try:
         address = await server.start()
@@ -202,8 +230,11 @@ async def _serve(config: AgentConfig, executor: LocalExecutor, *, ready_file: Pa
         loop.add_signal_handler(signum, stop.set)
     try:
         if ready_file is not None:
-            _write_atomically(ready_file, address + "\n")
-        log.info("sg-agent for site %s ready on %s", config.site.id, address)
+            write_ready_file(ready_file, address)
+        log.info(
+            "sg-agent for site %s ready on %s (%s executor)",
+            config.site.id, address, type(executor).__name__,
+        )  # fmt: skip
         await stop.wait()
         log.info("stopping: terminating running jobs")
     finally:
@@ -213,8 +244,9 @@ async def _serve(config: AgentConfig, executor: LocalExecutor, *, ready_file: Pa
     return EXIT_OK
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_ready_file(path: Path, address: str) -> None:
+    """Write ``address`` and a newline to ``path`` in one step (a reader never sees half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(address + "\n", encoding="utf-8")
     os.replace(tmp, path)

@@ -1,4 +1,5 @@
-"""Executors: how the agent runs job attempts (local processes today; Ray, Slurm, Kubernetes)."""
+"""Executors: how the agent runs job attempts (local processes, or simulated ones that start
+nothing, for benchmarks; Ray, Slurm, Kubernetes to come)."""
 
 from agents.executors.base import (
     AttemptHandle,
@@ -9,6 +10,7 @@ from agents.executors.base import (
     job_environment,
 )
 from agents.executors.local import LocalAttempt, LocalExecutor
+from agents.executors.sim import SimAttempt, SimExecutor
 
 __all__ = [
     "AttemptHandle",
@@ -18,5 +20,7 @@ __all__ = [
     "LaunchSpec",
     "LocalAttempt",
     "LocalExecutor",
+    "SimAttempt",
+    "SimExecutor",
     "job_environment",
 ]

@@ -2,8 +2,9 @@
 
 An executor turns a ``LaunchSpec`` into a running attempt and hands back an ``AttemptHandle``.
 The agent's runtime does all bookkeeping (dedup, GPU slots, status updates, the journal); an
-executor only runs things. Implementations: ``LocalExecutor`` (local processes); Ray, Slurm and
-Kubernetes executors implement the same protocol, and
+executor only runs things. Implementations: ``LocalExecutor`` (local processes) and
+``SimExecutor`` (starts nothing: a declared duration, then an exit code, for benchmarks); Ray,
+Slurm and Kubernetes executors implement the same protocol, and
 ``tests/agents/test_agent_executor_contract.py`` is the one contract test every implementation
 must pass.
 

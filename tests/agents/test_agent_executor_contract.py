@@ -1,6 +1,10 @@
 """The Executor contract (agents/executors/base.py), run against every implementation.
 
-To add an executor, add its name to EXECUTORS and build it in ``make_executor``.
+To add an executor, add its name to EXECUTORS and build it in ``make_executor``. Tests of what
+only a real process has (output, environment, process groups, signals, outliving the agent
+process) run over PROCESS_EXECUTORS only; each says why. A job's behaviour is given to each
+executor in its own terms: the command for processes, ``SG_SIM_*`` variables (or ``sleep N``)
+for the simulated executor, which starts nothing.
 """
 
 from __future__ import annotations
@@ -17,15 +21,28 @@ from typing import Any
 
 import pytest
 
-from agents.executors import Executor, ExitResult, LaunchError, LaunchSpec, LocalExecutor
+from agents.executors import (
+    Executor,
+    ExitResult,
+    LaunchError,
+    LaunchSpec,
+    LocalExecutor,
+    SimExecutor,
+)
 
-EXECUTORS = ["local"]
+EXECUTORS = ["local", "sim"]
+PROCESS_EXECUTORS = ["local"]
+"""Executors whose attempts are processes on this machine."""
 PATH_ENV = {"PATH": os.environ.get("PATH", os.defpath)}
+
+processes_only = pytest.mark.parametrize("executor", PROCESS_EXECUTORS, indirect=True)
 
 
 def make_executor(kind: str) -> Executor:
     if kind == "local":
         return LocalExecutor(base_env=PATH_ENV, poll_interval_seconds=0.02)
+    if kind == "sim":
+        return SimExecutor()
     raise AssertionError(kind)
 
 
@@ -55,6 +72,8 @@ def launch(tmp_path: Path) -> Callable[..., LaunchSpec]:
     return make
 
 
+# Output files and the environment the program sees: a simulated attempt runs no program.
+@processes_only
 async def test_exit_zero_output_and_environment(
     executor: Executor, launch: Callable[..., LaunchSpec]
 ) -> None:
@@ -88,12 +107,27 @@ async def test_exit_zero_output_and_environment(
     assert handle.identity
 
 
+async def test_an_ended_attempt_keeps_its_result(
+    executor: Executor, launch: Callable[..., LaunchSpec]
+) -> None:
+    handle = await executor.start(launch(["true"]))
+    result = await handle.wait()
+    assert result == ExitResult(0)
+    assert result.succeeded and result.message == "exit code 0"
+    assert await handle.wait() == result
+    assert await handle.terminate(0.1) == result
+    assert handle.identity
+
+
 async def test_non_zero_exit(executor: Executor, launch: Callable[..., LaunchSpec]) -> None:
-    result = await (await executor.start(launch(["sh", "-c", "exit 3"]))).wait()
+    spec = launch(["sh", "-c", "exit 3"], env={"SG_SIM_EXIT": "3"})
+    result = await (await executor.start(spec)).wait()
     assert (result.exit_code, result.signal, result.succeeded) == (3, None, False)
     assert result.message == "exit code 3"
 
 
+# A simulated attempt never looks its command up.
+@processes_only
 async def test_command_not_found_is_127(
     executor: Executor, launch: Callable[..., LaunchSpec]
 ) -> None:
@@ -105,6 +139,8 @@ async def test_command_not_found_is_127(
     assert "no-such-program-anywhere" in spec.stderr_path.read_text()
 
 
+# A simulated attempt never looks its command up.
+@processes_only
 async def test_not_executable_is_126(
     executor: Executor, launch: Callable[..., LaunchSpec], tmp_path: Path
 ) -> None:
@@ -117,6 +153,21 @@ async def test_not_executable_is_126(
     assert "Permission denied" in info.value.message
 
 
+async def test_terminate_a_running_attempt(
+    executor: Executor, launch: Callable[..., LaunchSpec]
+) -> None:
+    handle = await executor.start(launch(["sleep", "600"]))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await asyncio.wait_for(handle.terminate(2.0), 5)
+    assert loop.time() - started < 2.0  # sleep dies on SIGTERM: no SIGKILL needed
+    assert (result.exit_code, result.signal, result.timed_out) == (None, signal.SIGTERM, False)
+    assert result.message == "killed by signal SIGTERM"
+    assert await handle.wait() == result
+
+
+# Process groups: a simulated attempt has no processes.
+@processes_only
 async def test_terminate_stops_the_whole_process_group(
     executor: Executor,
     launch: Callable[..., LaunchSpec],
@@ -147,6 +198,8 @@ async def test_terminate_stops_the_whole_process_group(
     assert not pid_alive(child)
 
 
+# Only a process can ignore SIGTERM.
+@processes_only
 async def test_sigkill_after_grace_when_sigterm_is_ignored(
     executor: Executor,
     launch: Callable[..., LaunchSpec],
@@ -175,6 +228,8 @@ async def test_max_runtime_is_enforced(
     assert result.message == "exceeded max runtime 0.3s"
 
 
+# Process groups: a simulated attempt has no processes.
+@processes_only
 async def test_leftovers_of_a_finished_leader_are_stopped(
     executor: Executor,
     launch: Callable[..., LaunchSpec],
@@ -188,6 +243,8 @@ async def test_leftovers_of_a_finished_leader_are_stopped(
     assert not pid_alive(int(child_file.read_text()))
 
 
+# Only processes outlive the agent process that started them.
+@processes_only
 async def test_stop_orphan_by_identity(
     executor: Executor,
     launch: Callable[..., LaunchSpec],
@@ -202,6 +259,8 @@ async def test_stop_orphan_by_identity(
     assert await other.stop_orphan("not-an-identity", grace_seconds=1.0) is False
 
 
+# Only a process can be killed by a signal of its own doing.
+@processes_only
 async def test_death_by_signal(executor: Executor, launch: Callable[..., LaunchSpec]) -> None:
     for number in (signal.SIGKILL, signal.SIGSEGV):
         spec = launch(["sh", "-c", f"kill -{number} $$"])
@@ -212,7 +271,9 @@ async def test_death_by_signal(executor: Executor, launch: Callable[..., LaunchS
 
 # --- adopting an attempt after an agent restart -------------------------------------------------
 # One executor starts an attempt; a fresh one, as a restarted agent has, takes it over from the
-# journaled identity and spec.
+# journaled identity and spec. Only processes outlive the agent process that started them, so
+# only process executors can adopt (a simulated attempt ends with its agent process; the test
+# at the end holds for every executor).
 
 
 @pytest.fixture
@@ -221,6 +282,7 @@ def restarted(executor: Executor, request: pytest.FixtureRequest) -> Executor:
     return make_executor(request.node.callspec.params["executor"])
 
 
+@processes_only
 async def test_adopt_a_running_attempt_and_see_its_exit_code(
     executor: Executor,
     restarted: Executor,
@@ -242,6 +304,7 @@ async def test_adopt_a_running_attempt_and_see_its_exit_code(
     assert await asyncio.wait_for(first.wait(), 5) == result
 
 
+@processes_only
 async def test_adopt_then_terminate(
     executor: Executor,
     restarted: Executor,
@@ -258,6 +321,7 @@ async def test_adopt_then_terminate(
     assert await asyncio.wait_for(first.wait(), 5) == result
 
 
+@processes_only
 async def test_adopt_then_sigkill_after_grace_when_sigterm_is_ignored(
     executor: Executor,
     restarted: Executor,
@@ -277,6 +341,7 @@ async def test_adopt_then_sigkill_after_grace_when_sigterm_is_ignored(
     await asyncio.wait_for(first.wait(), 5)
 
 
+@processes_only
 async def test_adopted_max_runtime_counts_from_the_original_start(
     executor: Executor,
     restarted: Executor,
@@ -304,6 +369,7 @@ async def test_adopted_max_runtime_counts_from_the_original_start(
     await asyncio.wait_for(first.wait(), 5)
 
 
+@processes_only
 async def test_an_attempt_that_ended_unwatched_is_not_adopted_but_its_result_is_known(
     executor: Executor,
     restarted: Executor,
@@ -318,6 +384,13 @@ async def test_an_attempt_that_ended_unwatched_is_not_adopted_but_its_result_is_
         await handle.wait()
         assert await restarted.adopt(handle.identity, spec, started_at=time.time()) is None
         assert await restarted.finished_result(handle.identity, spec) == expected
+
+
+async def test_nothing_to_take_over_from_an_unknown_attempt(
+    restarted: Executor, launch: Callable[..., LaunchSpec]
+) -> None:
     never_ran = launch(["true"])
     assert await restarted.finished_result("", never_ran) is None
     assert await restarted.adopt("not-an-identity", never_ran) is None
+    assert await restarted.launched_identity(never_ran) is None
+    assert await restarted.stop_orphan("not-an-identity", grace_seconds=1.0) is False
