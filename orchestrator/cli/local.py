@@ -245,7 +245,7 @@ def demo(state_dir: Path, jobs_file: Path, keep: bool, timeout: float) -> None:
     try:
         with _connect(state) as client:
             click.echo(f"submitting {len(specs)} jobs from {jobs_file.name} ...", err=True)
-            ids = [client.submit(spec).id for spec in specs]
+            ids = [job.id for job in client.submit_many(specs)]
             finals = _wait_all(client, ids, timeout=timeout)
         ok = _summarise(finals)
     finally:
