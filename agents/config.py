@@ -85,7 +85,10 @@ class AgentConfig:
     @property
     def lease_path(self) -> Path:
         """The end of the agent's lease (epoch seconds): read by a restarted agent, and by each
-        attempt's launch shim, which stops the job if the agent cannot when the lease ends."""
+        attempt's launch shim, which stops the job if the agent cannot when the lease ends.
+        Kept up to date while the agent holds attempts (and before one starts); an idle agent
+        leaves it as it was, which may say the lease is over (never that it runs longer than
+        it does). An agent with the simulated executor writes none."""
         return self.state_dir / "lease"
 
     @property

@@ -16,6 +16,13 @@ Decisions on one assignment, in order:
 
 A refused assignment leaves no trace but its ack. An accepted one reports RUNNING once started,
 then SUCCEEDED, FAILED or CANCELLED; a failure to start is FAILED straight away.
+
+The lease (see ``AgentConfig.lease_seconds``) costs an idle agent nothing but its bookkeeping:
+the watchdog that stops attempts when it runs out sleeps until the lease would end, and only
+while attempts are held; the lease file, which attempts' launch shims read to stop their job if
+the agent cannot and which a restarted agent reads, is written only while attempts are held (and
+before one starts), off the event loop. An executor whose attempts are not processes
+(``SimExecutor``) has no shim and leaves nothing to re-adopt, so its agent writes no lease file.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from opentelemetry.trace import Span, StatusCode, Tracer
 
 from agents.config import AgentConfig
 from agents.executors.base import AttemptHandle, Executor, ExitResult, LaunchError, LaunchSpec
+from agents.executors.sim import SimExecutor
 from agents.gpus import GpuAllocation, GpuInventory, InsufficientGpusError
 from agents.journal import AttemptRecord, AttemptState, Journal, StatusRecord
 from agents.logs import OutputStream
@@ -204,8 +212,14 @@ class AgentRuntime:
         self._outbox_changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
-        self._lease = _Lease(config.lease_seconds, config.lease_path)
+        self._lease = _Lease(config.lease_seconds)
+        self._lease_file = (
+            None if isinstance(executor, SimExecutor) else _LeaseFile(config.lease_path)
+        )
         self._watchdog: asyncio.Task[None] | None = None
+        self._watchdog_wake = asyncio.Event()
+        self._watchdog_idle = False
+        """Whether the watchdog waits with no deadline (no attempt held, or lease over)."""
 
     @property
     def config(self) -> AgentConfig:
@@ -236,7 +250,7 @@ class AgentRuntime:
         journal = Journal(self._config.journal_path)
         self._journal = journal
         self._closing = False
-        self._lease.load()
+        self._lease.load(self._config.lease_path)
         self._outbox = {record.seq: record for record in journal.unacked_status()}
         for record in journal.unfinished_attempts():
             await self._settle(record)
@@ -351,6 +365,7 @@ class AgentRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
             self._watchdog = None
+            self._watchdog_idle = False
         grace = self._grace(grace_seconds)
         attempts = list(self._active.values())
         for att in attempts:
@@ -362,6 +377,8 @@ class AgentRuntime:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self._lease_file is not None:
+            await self._lease_file.flush()
         self._journal.close()
         self._journal = None
 
@@ -405,7 +422,7 @@ class AgentRuntime:
         now = time.monotonic()
         if self._lease.expired(now):
             return refuse("lease expired: waiting for the control plane to renew it")
-        self._lease.start(now)
+        started = self._lease.start(now)
         seen = journal.get_attempt(req.job_id, req.attempt)
         if seen is not None:
             if not seen.dispatched:
@@ -451,6 +468,10 @@ class AgentRuntime:
             accept_span=span,
         )
         self._active[att.key] = att
+        if started or len(self._active) == 1:  # the file may be stale: bring it up to date
+            self._lease_moved()
+        if self._watchdog_idle:
+            self._watchdog_wake.set()
         att.task = asyncio.create_task(self._run(att), name=f"run {req.job_id}/{req.attempt}")
         return AckResult(req.job_id, req.attempt, accepted=True)
 
@@ -509,7 +530,13 @@ class AgentRuntime:
     def renew_lease(self, heartbeat_seq: int) -> None:
         """The control plane recorded heartbeat ``heartbeat_seq``: the lease runs the lease
         period from when that heartbeat was sent."""
-        self._lease.renewed(heartbeat_seq)
+        if self._lease.renewed(heartbeat_seq):
+            self._lease_moved()
+
+    def _lease_moved(self) -> None:
+        """The lease's end moved: while attempts are held, have the lease file follow."""
+        if self._lease_file is not None and self._active and self._lease.expiry is not None:
+            self._lease_file.write(self._lease.expiry)
 
     def lease_remaining(self) -> float | None:
         """Seconds left on the lease (negative once expired), or None before the first one."""
@@ -548,23 +575,38 @@ class AgentRuntime:
 
     async def _watch_lease(self) -> None:
         """Stop every attempt once the lease runs out (self-fencing): past it the control plane
-        may declare this site lost and run the attempts elsewhere."""
+        may declare this site lost and run the attempts elsewhere.
+
+        Sleeps until the lease would end while attempts are held; a renewal only moves the end
+        later, so waking at the old end and looking again is never late. With no attempt held
+        (or the lease over, its attempts stopped) it waits, with no deadline, for an accepted
+        attempt: none is accepted while the lease is over, so one means a lease that runs."""
         while True:
-            remaining = self._lease.remaining(time.monotonic())
-            if remaining is not None and remaining <= 0 and self._active:
-                why = (
-                    f"lease expired: the control plane confirmed no heartbeat for "
-                    f"{self._lease.seconds:g}s; stopped by the agent"
-                )
-                for att in list(self._active.values()):
-                    if att.fenced or att.cancel is not None:
-                        continue
-                    log.warning("%s attempt %d: %s", *att.key, why)
-                    att.fenced = why
-                    if att.handle is not None:
-                        self._spawn(att.handle.terminate(self._config.kill_grace_seconds))
-            step = self._lease.seconds / 20 if remaining is None else remaining
-            await asyncio.sleep(min(max(step, 0.02), 0.25))
+            self._watchdog_wake.clear()
+            delay: float | None = None
+            if self._active:
+                remaining = self._lease.remaining(time.monotonic())
+                if remaining is not None and remaining <= 0:
+                    self._fence()
+                elif remaining is not None:
+                    delay = remaining
+            self._watchdog_idle = delay is None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._watchdog_wake.wait()
+
+    def _fence(self) -> None:
+        why = (
+            f"lease expired: the control plane confirmed no heartbeat for "
+            f"{self._lease.seconds:g}s; stopped by the agent"
+        )
+        for att in list(self._active.values()):
+            if att.fenced or att.cancel is not None:
+                continue
+            log.warning("%s attempt %d: %s", *att.key, why)
+            att.fenced = why
+            if att.handle is not None:
+                self._spawn(att.handle.terminate(self._config.kill_grace_seconds))
 
     # --- status outbox ---------------------------------------------------------------------------
 
@@ -621,6 +663,8 @@ class AgentRuntime:
     async def _run(self, att: _Attempt) -> None:
         req = att.request
         try:
+            if self._lease_file is not None:
+                await self._lease_file.flush()  # its launch shim reads the lease's end there
             if att.cancel is not None or att.shutting_down or att.fenced:
                 if att.fenced:
                     state, why = AttemptState.LOST, att.fenced
@@ -791,13 +835,11 @@ class AgentRuntime:
 
 class _Lease:
     """The agent's lease: how long it may keep running attempts without the control plane
-    confirming it heard a heartbeat. Times are ``time.monotonic()``; the lease's end is also
-    kept in ``path`` as epoch seconds, for a restarted agent and for the attempts' launch shims,
-    which stop their job if the agent cannot when the lease ends."""
+    confirming it heard a heartbeat. Times are ``time.monotonic()``. The end only ever moves
+    later (a renewal that would shorten it is ignored)."""
 
-    def __init__(self, seconds: float, path: Path) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.path = path
         self.expiry: float | None = None
         self._seq = 0
         self._sent: dict[int, float] = {}
@@ -810,25 +852,33 @@ class _Lease:
                 del self._sent[seq]
         return self._seq
 
-    def renewed(self, seq: int) -> None:
+    def renewed(self, seq: int) -> bool:
+        """Renew from when heartbeat ``seq`` was sent; whether the end moved."""
         sent = self._sent.get(seq)
         if sent is None:
-            return  # unknown or superseded: a later renewal counts
+            return False  # unknown or superseded: a later renewal counts
         for old in [s for s in self._sent if s <= seq]:
             del self._sent[old]
         expiry = sent + self.seconds
-        if self.expiry is None or expiry > self.expiry:
-            self._set(expiry)
+        if self.expiry is not None and expiry <= self.expiry:
+            return False
+        self.expiry = expiry
+        return True
 
-    def start(self, now: float) -> None:
-        """A lease from ``now`` if there is none yet (work arrived before any renewal)."""
-        if self.expiry is None:
-            self._set(now + self.seconds)
+    def start(self, now: float) -> bool:
+        """A lease from ``now`` if there is none yet (work arrived before any renewal); whether
+        one was started."""
+        if self.expiry is not None:
+            return False
+        self.expiry = now + self.seconds
+        return True
 
-    def load(self) -> None:
-        """The lease a previous agent process held, from its file (none if there is none)."""
+    def load(self, path: Path) -> None:
+        """The lease a previous agent process held, from its file (none if there is none). The
+        file may lag the lease it held (it is written only while attempts are held), never lead
+        it: the lease read is at most as long as the one that was held."""
         try:
-            until = float(self.path.read_text(encoding="ascii"))
+            until = float(path.read_text(encoding="ascii"))
         except (OSError, ValueError):
             return
         self.expiry = time.monotonic() + (until - time.time())
@@ -842,12 +892,43 @@ class _Lease:
     def valid(self, now: float) -> bool:
         return self.expiry is not None and now < self.expiry
 
-    def _set(self, expiry: float) -> None:
-        self.expiry = expiry
-        until = time.time() + (expiry - time.monotonic())
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            tmp.write_text(f"{until:.3f}\n", encoding="ascii")
-            os.replace(tmp, self.path)
-        except OSError as exc:  # the state dir went away under us: the watchdog still acts
-            log.error("cannot write the lease file %s: %s", self.path, exc)
+
+class _LeaseFile:
+    """The lease's end as epoch seconds in the agent's lease file, for a restarted agent and for
+    the attempts' launch shims, which stop their job if the agent cannot when the lease ends.
+
+    Written off the event loop (a temporary file renamed over it), one write at a time, the
+    newest end asked for winning; ``flush`` waits until the file says it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._wanted: float | None = None
+        self._written: float | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def write(self, expiry: float) -> None:
+        """Have the file say ``expiry`` (``time.monotonic()``) soon; returns at once."""
+        self._wanted = expiry
+        if self._wanted != self._written and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.create_task(self._drain(), name=f"write {self.path}")
+
+    async def flush(self) -> None:
+        """Return once the newest end asked for is in the file (or could not be written)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)  # a cancelled caller leaves the write running
+
+    async def _drain(self) -> None:
+        while self._wanted is not None and self._wanted != self._written:
+            expiry = self._wanted
+            until = time.time() + (expiry - time.monotonic())
+            try:
+                await asyncio.to_thread(_write_lease_file, self.path, until)
+            except OSError as exc:  # the state dir went away under us: the watchdog still acts
+                log.error("cannot write the lease file %s: %s", self.path, exc)
+            self._written = expiry  # written or failed: the next move of the lease tries again
+
+
+def _write_lease_file(path: Path, until: float) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{until:.3f}\n", encoding="ascii")
+    os.replace(tmp, path)

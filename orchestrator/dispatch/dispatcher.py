@@ -12,6 +12,21 @@ whatever the registered endpoint's host (an agent of another site at that addres
 handshake). The files are read for every new stream, so replaced certificates need no restart.
 The registry is the truth about a site: an agent whose hello names another site or jurisdiction
 is refused before anything about the site is recorded.
+
+An idle site costs next to nothing between its heartbeats:
+
+- A site's sender looks at its outbox and cancels when the store announces new work or cancels
+  for it (the notify channel), when its stream opens, and after a full batch. Whenever the
+  listener has (re)subscribed, and as a safety net every ``sweep_seconds``, one pipelined read
+  finds the connected sites that have work waiting, and their senders look (announcements made
+  while the listener was not subscribed are lost).
+- The registry is re-read only when ``sites_version()`` changed (checked every
+  ``refresh_seconds``), and in full every ``full_refresh_seconds`` whatever it says.
+- The heartbeats of every site held are recorded together, one store call per
+  ``heartbeat_batch_seconds`` for all the sites that beat meanwhile. A site's lease renewal is
+  sent only once its heartbeat is recorded: the lease counts from when the agent sent the
+  heartbeat, so it always ends before the store could find the site silent for long enough to
+  move its work.
 """
 
 from __future__ import annotations
@@ -81,9 +96,17 @@ class DispatcherOptions:
     kill_grace_seconds: float = 3.0
     """SIGTERM-to-SIGKILL grace sent with cancels."""
     refresh_seconds: float = 2.0
-    """How often the site registry is re-read for sites to connect or drop."""
-    sweep_seconds: float = 1.0
-    """How often each site's outbox and cancels are looked at without a notification."""
+    """How often the site registry's version is checked (one read); the registry is re-read
+    for sites to connect or drop only when it changed."""
+    full_refresh_seconds: float = 60.0
+    """Longest between two re-reads of the registry, changed or not (a safety net)."""
+    sweep_seconds: float = 10.0
+    """How often the connected sites with work waiting are found without a notification (a
+    safety net, in case an announcement of new work or cancels got lost): one pipelined read
+    for all of them."""
+    heartbeat_batch_seconds: float = 0.1
+    """How long heartbeats gather before the store records them all in one call; each lease
+    renewal waits for its heartbeat's record, so a renewal comes up to this much later."""
     tls: TlsFiles | None = None
     """The control plane's client certificate and key, and the CA agents' certificates chain
     to (mutual TLS, read for every new stream). None: plaintext."""
@@ -103,18 +126,107 @@ class DispatcherOptions:
         )
 
 
+class _Heartbeats:
+    """Records the heartbeats of every site one dispatcher holds together: one store call per
+    ``window`` seconds for all the sites that beat meanwhile (the newest heartbeat of each).
+    Each site's link is then told that its heartbeat is recorded, or why it could not be."""
+
+    def __init__(self, store: JobStore, *, dispatcher_id: str, window: float) -> None:
+        self._store = store
+        self._dispatcher_id = dispatcher_id
+        self._window = window
+        self._pending: dict[str, tuple[_SiteLink, int, int]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, link: _SiteLink, session: int, seq: int) -> None:
+        """Heartbeat ``seq`` came on the link's stream ``session``: record it soon."""
+        self._pending[link.site_id] = (link, session, seq)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._record(), name="record heartbeats")
+
+    async def close(self) -> None:
+        """Drop what was not recorded yet (its streams are gone)."""
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+        self._pending.clear()
+
+    async def _record(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self._window)
+            batch, self._pending = self._pending, {}
+            try:
+                back = await self._store.record_heartbeats(
+                    list(batch), dispatcher_id=self._dispatcher_id
+                )
+            except StoreUnavailableError as exc:
+                for link, session, _ in batch.values():
+                    link.heartbeat_failed(session, exc.message)
+                continue
+            except Exception:  # the streams end, as each would have alone; this task goes on
+                log.exception("recording the heartbeats of %d site(s) failed", len(batch))
+                for link, session, _ in batch.values():
+                    link.heartbeat_failed(session, "store error (see the log)")
+                continue
+            for (link, session, seq), was_lost in zip(batch.values(), back, strict=True):
+                link.heartbeat_recorded(session, seq, was_lost=was_lost)
+
+
 class _SiteLink:
     """One site's stream, reconnecting with backoff until stopped."""
 
-    def __init__(self, store: JobStore, site: types_pb2.Site, opts: DispatcherOptions) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        site: types_pb2.Site,
+        opts: DispatcherOptions,
+        heartbeats: _Heartbeats,
+    ) -> None:
         self.store = store
         self.site = site
         self.opts = opts
+        self.heartbeats = heartbeats
         self.wake = asyncio.Event()
+        """Set when the sender has something to do (see ``notify``, ``heartbeat_recorded``)."""
         self.task: asyncio.Task[None] | None = None
         self.connected = False
         self.greeted = False
         """Whether the last stream got as far as the agent's hello."""
+        self._stream = 0
+        """Number of the current stream (heartbeats recorded for an older one are dropped)."""
+        self._look = False
+        """The store announced work or cancels: look at the outbox and cancels."""
+        self._renew: int | None = None
+        """The newest recorded heartbeat whose lease renewal is not sent yet."""
+        self._failed: BaseException | None = None
+        """Why the current stream must end (its heartbeat could not be recorded, or the site
+        was declared lost while it was up)."""
+
+    def notify(self) -> None:
+        """New work or cancels for the site: have the sender look."""
+        self._look = True
+        self.wake.set()
+
+    def heartbeat_recorded(self, session: int, seq: int, *, was_lost: bool) -> None:
+        """Heartbeat ``seq`` of stream ``session`` is in the store: renew the agent's lease."""
+        if session != self._stream or not self.connected:
+            return
+        if was_lost:
+            # declared lost while this stream was up (heartbeats did not reach the store in
+            # time): its attempts moved on, so no renewal; a new stream reconciles what the
+            # agent holds
+            self._failed = ConnectionError(
+                f"site {self.site_id} was declared lost while connected; reconnecting"
+            )
+        elif self._renew is None or seq > self._renew:
+            self._renew = seq
+        self.wake.set()
+
+    def heartbeat_failed(self, session: int, why: str) -> None:
+        """The heartbeat of stream ``session`` could not be recorded: end that stream (no
+        renewal for it; the agent's lease runs out unless a new stream's heartbeat is)."""
+        if session == self._stream and self._failed is None:
+            self._failed = StoreUnavailableError(f"heartbeat not recorded: {why}")
+            self.wake.set()
 
     @property
     def site_id(self) -> str:
@@ -194,6 +306,9 @@ class _SiteLink:
 
     async def _session(self) -> None:
         self.greeted = False
+        self._stream += 1
+        session = self._stream
+        self._look, self._renew, self._failed = False, None, None
         async with self._channel() as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect()
@@ -230,7 +345,7 @@ class _SiteLink:
             )
             self.connected = True
             log.info("site %s: connected to %s", self.site_id, self.site.endpoint)
-            reader = asyncio.create_task(self._read(call, write))
+            reader = asyncio.create_task(self._read(call, write, session))
             sender = asyncio.create_task(self._send(write))
             try:
                 done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
@@ -265,38 +380,58 @@ class _SiteLink:
         )
 
     async def _send(self, write: _Writer) -> None:
-        resend = True  # a new stream: in-flight assignments and all cancels go again
+        """Send what the site's stream carries from the control plane: lease renewals once
+        heartbeats are recorded, and assignments and cancels whenever told to look (see
+        ``notify``; also at once, the stream being new, and after a full batch)."""
+        self._look = True  # a new stream: in-flight assignments and all cancels go again
+        resend = True
         sent_cancels: set[tuple[str, int]] = set()
         while True:
-            self.wake.clear()
-            batch = await self.store.take_outbox(self.site_id, limit=_BATCH, resend=resend)
-            resend = False
-            if batch:
-                crash_point("dispatcher.after_take")
-                await write(agent_pb2.ControlMessage(dispatch=self._dispatch_batch(batch)))
-                crash_point("dispatcher.after_send")
-            cancels = [c for c in await self.store.pending_cancels(self.site_id)]
-            new = [c for c in cancels if c not in sent_cancels]
-            sent_cancels.intersection_update(cancels)
-            if new:
-                msg = agent_pb2.CancelBatch(
-                    cancels=[
-                        agent_pb2.Cancel(
-                            job_id=job_id,
-                            attempt=attempt,
-                            grace_seconds=self.opts.kill_grace_seconds,
-                            reason="cancel requested",
-                        )
-                        for job_id, attempt in new
-                    ]
-                )
-                await write(agent_pb2.ControlMessage(cancel=msg))
-                crash_point("dispatcher.after_cancel_sent")
-                sent_cancels.update(new)
-            if len(batch) >= _BATCH:
+            if self._failed is not None:
+                raise self._failed
+            seq, self._renew = self._renew, None
+            if seq is not None:
+                renewal = agent_pb2.LeaseRenewal(heartbeat_seq=seq)
+                await write(agent_pb2.ControlMessage(lease=renewal))
+            if self._look:
+                self._look = False
+                if await self._look_at_outbox(write, resend, sent_cancels):
+                    self._look = True  # a full batch: more may wait
+                resend = False
+            if self._look or self._renew is not None or self._failed is not None:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.opts.sweep_seconds)
+            self.wake.clear()
+            await self.wake.wait()
+
+    async def _look_at_outbox(
+        self, write: _Writer, resend: bool, sent_cancels: set[tuple[str, int]]
+    ) -> bool:
+        """Send the outbox's assignments (and, with ``resend``, the in-flight ones again) and
+        the cancels not sent on this stream yet; whether a full batch went."""
+        batch = await self.store.take_outbox(self.site_id, limit=_BATCH, resend=resend)
+        if batch:
+            crash_point("dispatcher.after_take")
+            await write(agent_pb2.ControlMessage(dispatch=self._dispatch_batch(batch)))
+            crash_point("dispatcher.after_send")
+        cancels = await self.store.pending_cancels(self.site_id)
+        new = [c for c in cancels if c not in sent_cancels]
+        sent_cancels.intersection_update(cancels)
+        if new:
+            msg = agent_pb2.CancelBatch(
+                cancels=[
+                    agent_pb2.Cancel(
+                        job_id=job_id,
+                        attempt=attempt,
+                        grace_seconds=self.opts.kill_grace_seconds,
+                        reason="cancel requested",
+                    )
+                    for job_id, attempt in new
+                ]
+            )
+            await write(agent_pb2.ControlMessage(cancel=msg))
+            crash_point("dispatcher.after_cancel_sent")
+            sent_cancels.update(new)
+        return len(batch) >= _BATCH
 
     def _dispatch_batch(self, batch: Sequence[Assignment]) -> agent_pb2.DispatchBatch:
         out = agent_pb2.DispatchBatch()
@@ -320,6 +455,7 @@ class _SiteLink:
         self,
         call: grpc.aio.StreamStreamCall[agent_pb2.ControlMessage, agent_pb2.AgentMessage],
         write: _Writer,
+        session: int,
     ) -> None:
         while True:
             msg = await call.read()
@@ -352,21 +488,8 @@ class _SiteLink:
                 seen = agent_pb2.StatusAck(seqs=[u.seq for u in updates])
                 await write(agent_pb2.ControlMessage(status_ack=seen))
             elif kind == "heartbeat":
-                was_lost = await self.store.record_heartbeat(
-                    self.site_id, dispatcher_id=self.opts.dispatcher_id
-                )
-                if was_lost:
-                    # declared lost while this stream was up (heartbeats did not reach the
-                    # store in time): its attempts moved on, so no renewal; a new stream
-                    # reconciles what the agent holds
-                    raise ConnectionError(
-                        f"site {self.site_id} was declared lost while connected; reconnecting"
-                    )
-                await write(
-                    agent_pb2.ControlMessage(
-                        lease=agent_pb2.LeaseRenewal(heartbeat_seq=msg.heartbeat.seq)
-                    )
-                )
+                # recorded with the other sites' soon; the sender then renews the lease
+                self.heartbeats.add(self, session, msg.heartbeat.seq)
 
 
 class Dispatcher:
@@ -376,6 +499,11 @@ class Dispatcher:
         self.store = store
         self.opts = options or DispatcherOptions()
         self.links: dict[str, _SiteLink] = {}
+        self._heartbeats = _Heartbeats(
+            store,
+            dispatcher_id=self.opts.dispatcher_id,
+            window=self.opts.heartbeat_batch_seconds,
+        )
 
     def connected_sites(self) -> list[str]:
         """Ids of the sites whose stream is up."""
@@ -396,17 +524,25 @@ class Dispatcher:
                 del self.links[site_id]
         for site_id, site in owned.items():
             if site_id not in self.links:
-                link = _SiteLink(self.store, site, self.opts)
+                link = _SiteLink(self.store, site, self.opts, self._heartbeats)
                 link.start()
                 self.links[site_id] = link
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Keep the owned sites connected until ``stop`` is set."""
+        loop = asyncio.get_running_loop()
         listener = asyncio.create_task(self._listen(stop))
+        sweeper = asyncio.create_task(self._sweep(stop))
+        version: int | None = None  # of the registry last read
+        full_at = 0.0
         try:
             while not stop.is_set():
                 try:
-                    await self.refresh()
+                    # the version first: a change while the records are read shows next time
+                    current = await self.store.sites_version()
+                    if current != version or loop.time() >= full_at:
+                        await self.refresh()
+                        version, full_at = current, loop.time() + self.opts.full_refresh_seconds
                 except StoreUnavailableError as exc:
                     log.warning("dispatcher %s: %s", self.opts.dispatcher_id, exc)
                 except Exception:
@@ -414,26 +550,58 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.opts.refresh_seconds)
         finally:
+            await cancel_and_wait(sweeper)
             await cancel_and_wait(listener)
             for link in self.links.values():
                 await link.stop()
             self.links.clear()
+            await self._heartbeats.close()
+
+    async def _sweep(self, stop: asyncio.Event) -> None:
+        """Every ``sweep_seconds``, have the senders of the connected sites that have work
+        waiting look (a safety net for announcements that got lost)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.opts.sweep_seconds)
+            if stop.is_set():
+                return
+            try:
+                await self._wake_waiting()
+            except StoreUnavailableError as exc:
+                log.warning("dispatcher %s: %s", self.opts.dispatcher_id, exc)
+            except Exception:
+                log.exception("dispatcher %s: sweep failed", self.opts.dispatcher_id)
+
+    async def _wake_waiting(self) -> None:
+        """Have the senders of the connected sites that have work waiting look (one read)."""
+        connected = [site_id for site_id, link in self.links.items() if link.connected]
+        for site_id in await self.store.sites_with_work(connected):
+            link = self.links.get(site_id)
+            if link is not None:
+                link.notify()
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        """Wake a site's sender when the store announces new work or cancels for it."""
+        """Wake a site's sender when the store announces new work or cancels for it, and, once
+        subscribed, those of the sites with work waiting (what was announced before the
+        subscription is not delivered)."""
         while not stop.is_set():
             pubsub = self.store.client.pubsub()
             try:
                 await pubsub.subscribe(self.store.keys.notify_channel)
                 while not stop.is_set():
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    msg = await pubsub.get_message(timeout=1.0)
                     if msg is None:
+                        continue
+                    if msg["type"] == "subscribe":
+                        await self._wake_waiting()
+                        continue
+                    if msg["type"] != "message":
                         continue
                     data = msg["data"]
                     site_id = data.decode() if isinstance(data, bytes) else str(data)
-                    link = self.links.get(site_id)
-                    if link is not None:
-                        link.wake.set()
+                    target = self.links.get(site_id)
+                    if target is not None:
+                        target.notify()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - resubscribe after any connection trouble

@@ -67,6 +67,7 @@ _SUBMIT_SPACES = 10  # separators in submit.lua's per-job fields string
 MAX_SUBMIT_BATCH = 10_000
 """Most jobs one :meth:`JobStore.submit_many` (one SubmitJobs call) may carry: one Lua call
 holds Redis for all of them."""
+_SITES_PER_CALL = 1000  # sites per call of seen.lua or sites_with_work: microseconds each
 _CAS_TRIES = 20  # reads and writes of a site's policy that a concurrent change can undo
 _OFFER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -1335,6 +1336,20 @@ class JobStore:
         with self._unavailable():
             return bool(await self.client.zcard(self.keys.site_outbox(site_id)))
 
+    async def sites_with_work(self, site_ids: Sequence[str]) -> list[str]:
+        """Those of ``site_ids`` with jobs waiting to be sent or cancels to deliver, in order:
+        one pipelined round trip per thousand sites."""
+        out: list[str] = []
+        with self._unavailable():
+            for i in range(0, len(site_ids), _SITES_PER_CALL):
+                chunk = site_ids[i : i + _SITES_PER_CALL]
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for site_id in chunk:  # an empty set or sorted set does not exist
+                        pipe.exists(self.keys.site_outbox(site_id), self.keys.site_cancels(site_id))
+                    counts = await pipe.execute()
+                out += [site_id for site_id, n in zip(chunk, counts, strict=True) if n]
+        return out
+
     async def record_acks(self, site_id: str, acks: Sequence[Ack]) -> list[str]:
         """Apply the agent's answers to assignments (see ack.lua)."""
         if not acks:
@@ -1372,11 +1387,23 @@ class JobStore:
         """Note that ``dispatcher_id`` holds the site's stream and heard from it now (see
         seen.lua). True when the site was LOST until now: its attempts were requeued, so the
         agent must be reconciled before its lease is renewed."""
+        [back] = await self.record_heartbeats([site_id], dispatcher_id=dispatcher_id, at=at)
+        return back
+
+    async def record_heartbeats(
+        self, site_ids: Sequence[str], *, dispatcher_id: str, at: float | None = None
+    ) -> list[bool]:
+        """``record_heartbeat`` for many sites at once: one script call per
+        thousand sites, all recorded at the same time. One answer per site, in
+        order (an unknown site is False)."""
+        now = f"{at or time.time():.6f}"
+        out: list[bool] = []
         with self._unavailable():
-            code = await self._scripts.run(
-                "seen", [self.prefix, site_id, f"{at or time.time():.6f}", dispatcher_id]
-            )
-        return int(code) == 1
+            for i in range(0, len(site_ids), _SITES_PER_CALL):
+                chunk = site_ids[i : i + _SITES_PER_CALL]
+                codes = await self._scripts.run("seen", [self.prefix, now, dispatcher_id, *chunk])
+                out += [int(code) == 1 for code in codes]
+        return out
 
     async def lose_site(
         self, site_id: str, *, lost_after: float, at: float | None = None

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from agents import AgentServer, LocalExecutor
+from agents import AgentConfig, AgentRuntime, AgentServer, AttemptRequest, LocalExecutor
+from agents.executors import SimExecutor
 from agents.executors.base import LaunchSpec
 from agents.gpus import GpuAllocation, GpuInventory
 from orchestrator._pb.agent.v1 import agent_pb2
@@ -162,6 +163,102 @@ async def test_a_renewed_lease_file_keeps_the_job_running(tmp_path: Path) -> Non
         lease.write_text(f"{time.time() + 0.4:.3f}\n")
         await asyncio.sleep(0.1)
     assert waiting.result().succeeded
+
+
+def lease_file_says(agent: AgentServer) -> float | None:
+    """The lease's end the agent's lease file holds (epoch seconds), None without a file."""
+    path = agent.runtime.config.lease_path
+    return float(path.read_text()) if path.exists() else None
+
+
+async def test_the_lease_file_follows_the_lease_only_while_attempts_are_held(
+    agent: AgentServer,
+    open_dispatcher: Callable[..., Any],
+    make_assignment: MakeAssignment,
+    wait_until: Callable[..., Any],
+) -> None:
+    """An idle agent's renewals write nothing; an attempt that starts long after the file was
+    last written is not stopped by its launch shim (the file is brought up to date before it
+    starts), and the agent still stops it itself once renewals stop."""
+    lease = 0.6
+    d = await open_dispatcher(agent.address, connect=False)
+    hello = await d.connect("narvik", lease=lease)
+    renewing = True
+
+    async def renew_while_asked() -> None:
+        await d.renew(hello.heartbeat_seq)
+        while True:
+            await d.wait_heartbeats(1)
+            if renewing:
+                await d.renew(d.heartbeats[-1].seq)
+
+    renewer = asyncio.create_task(renew_while_asked())
+    try:
+        await asyncio.sleep(2 * lease)  # renewed many times, nothing held: no file
+        assert lease_file_says(agent) is None
+
+        [ack] = await d.dispatch(make_assignment("j-1", command=("sleep", "600")))
+        assert ack.accepted
+        await d.wait_status("j-1", state=RUNNING)
+        first = lease_file_says(agent)
+        assert first is not None and first > time.time()
+        await wait_until(lambda: (lease_file_says(agent) or 0) > first + 0.2)  # follows renewals
+
+        await d.cancel("j-1", grace=0.1)
+        await d.wait_status("j-1", state=CANCELLED)
+        await wait_until(lambda: agent.runtime.capacity().running == 0)
+        await asyncio.sleep(0.1)  # a write asked for just before the end lands
+        last = lease_file_says(agent)
+        await asyncio.sleep(2 * lease)  # idle again: renewals leave the file behind
+        assert lease_file_says(agent) == last
+        assert last is not None and last < time.time()  # the file alone says "lease over"
+        remaining = agent.runtime.lease_remaining()
+        assert remaining is not None and remaining > 0  # the lease itself runs
+
+        # a new attempt: its shim would stop it at once on that stale file; it must not
+        [ack] = await d.dispatch(make_assignment("j-2", command=("sleep", "600")))
+        assert ack.accepted
+        await d.wait_status("j-2", state=RUNNING)
+        await asyncio.sleep(2 * lease)
+        assert [u.state for u in d.statuses_of("j-2")] == [RUNNING]
+        assert (lease_file_says(agent) or 0) > time.time()
+
+        renewing = False  # the control plane falls silent: the agent stops the attempt itself
+        stopped = time.monotonic()
+        lost = await d.wait_status("j-2", state=LOST, timeout=5)
+        assert "lease expired" in lost.message and "stopped by the agent" in lost.message
+        assert time.monotonic() - stopped < lease + 1.0 + 0.5
+    finally:
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)
+
+
+async def test_an_agent_of_simulated_attempts_writes_no_lease_file_and_still_fences(
+    config: AgentConfig,
+) -> None:
+    """No launch shim reads it and nothing survives a restart to re-adopt: a runtime with the
+    simulated executor keeps its lease in memory only; its watchdog stops attempts all the
+    same when the lease ends."""
+    runtime = AgentRuntime(config, executor=SimExecutor())
+    runtime.set_lease_seconds(0.3)
+    await runtime.open()
+    try:
+        runtime.renew_lease(runtime.next_heartbeat())
+        forever = AttemptRequest(job_id="j-sim", attempt=1, command=("sleep", "infinity"))
+        [ack] = runtime.dispatch([forever])
+        assert ack.accepted
+        for _ in range(5):
+            await asyncio.sleep(0.1)
+            runtime.renew_lease(runtime.next_heartbeat())
+        assert runtime.capacity().running == 1
+        async with asyncio.timeout(3):  # no more renewals: fenced at the lease's end
+            while runtime.capacity().running:
+                await asyncio.sleep(0.02)
+        [update] = [u for u in runtime.pending_updates() if u.job_id == "j-sim"][-1:]
+        assert update.state.name == "LOST" and "lease expired" in update.message
+        assert not config.lease_path.exists()
+    finally:
+        await runtime.close(grace_seconds=0.1)
 
 
 def test_gpu_slots_of_a_re_adopted_attempt_are_claimed_exactly() -> None:

@@ -1,17 +1,31 @@
--- Record that a dispatcher heard from a site's agent now (a hello or a heartbeat). A site that
--- was declared LOST goes back to the state it had before.
+-- Record that a dispatcher heard from sites' agents now (a hello or heartbeats), for any number
+-- of sites in one call. A site that was declared LOST goes back to the state it had before.
 -- KEYS: none (built from the prefix).
--- ARGV: 1 prefix, 2 site id, 3 now (s), 4 dispatcher id
--- Returns: -1 no such site; 0 recorded; 1 recorded, and the site was LOST until now (its
---          attempts were requeued: the caller must reconcile before renewing the agent's lease)
-local p, site, now = ARGV[1], ARGV[2], ARGV[3]
-local skey = p .. 'site:' .. site
-if redis.call('EXISTS', skey) == 0 then return -1 end
-redis.call('HSET', skey, 'hb', now, 'conn', ARGV[4])
-if redis.call('HGET', skey, 'state') ~= '4' then return 0 end
-local before = redis.call('HGET', skey, 'state_before_lost') or '1'
-redis.call('HSET', skey, 'state', before, 'state_changed', now)
-redis.call('HDEL', skey, 'state_before_lost')
-redis.call('INCR', p .. 'sites:ver')
-redis.call('PUBLISH', p .. 'wake', '1')
-return 1
+-- ARGV: 1 prefix, 2 now (s), 3 dispatcher id, then one site id per site heard from
+-- Returns: one code per site, in order: -1 no such site; 0 recorded; 1 recorded, and the site
+--          was LOST until now (its attempts were requeued: the caller must reconcile before
+--          renewing the agent's lease)
+local p, now, conn = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+local back = false
+for i = 4, #ARGV do
+  local skey = p .. 'site:' .. ARGV[i]
+  local state = redis.call('HGET', skey, 'state')  -- every registered site has one
+  if not state then
+    out[#out + 1] = -1
+  elseif state ~= '4' then
+    redis.call('HSET', skey, 'hb', now, 'conn', conn)
+    out[#out + 1] = 0
+  else
+    local before = redis.call('HGET', skey, 'state_before_lost') or '1'
+    redis.call('HSET', skey, 'hb', now, 'conn', conn, 'state', before, 'state_changed', now)
+    redis.call('HDEL', skey, 'state_before_lost')
+    back = true
+    out[#out + 1] = 1
+  end
+end
+if back then
+  redis.call('INCR', p .. 'sites:ver')
+  redis.call('PUBLISH', p .. 'wake', '1')
+end
+return out
