@@ -14,6 +14,10 @@
   ``scheduler`` and ``dispatcher-0`` .. ``dispatcher-{k-1}`` (``SG_DISPATCHERS=k``), with the
   API's rate limit out of reach (``SG_RATE_PER_SECOND``, ``SG_RATE_BURST``).
 
+Tracing is off in every process (``OTEL_TRACES_EXPORTER=none``) unless ``tracing`` gives other
+``OTEL_*`` variables (the same to the fleet and every role): ``bench.e2e`` measures the cost of
+tracing with ``memory`` exporters (see ``orchestrator.tracing.configure_tracing``).
+
 Plaintext by default (``SG_INSECURE=1``, no token keys: every caller is an operator); with
 ``secure`` TLS everywhere and bearer tokens: a development PKI (``write_dev_pki``), a fleet
 certificate naming every site, a token key pair and an operator token for the client.
@@ -33,7 +37,6 @@ server (the health service and nothing else) in a process of its own or in this 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
@@ -56,6 +59,7 @@ from agents.fleet import sim_sites
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.background import cancel_and_wait
 from orchestrator.config import RedisConfig, TlsFiles
+from orchestrator.processes import stop_process
 from orchestrator.security.certs import issue_certificate, site_server_name, write_dev_pki
 from orchestrator.security.tls import channel_credentials, server_credentials
 from orchestrator.security.tokens import Kind, TokenSigner, write_key_pair
@@ -67,6 +71,7 @@ from orchestrator.validation import normalize_site, normalize_tenant
 __all__ = [
     "BACKLOG_TENANT",
     "JURISDICTIONS",
+    "NO_TRACING",
     "PREFIX",
     "REPO",
     "RUNNING",
@@ -82,6 +87,7 @@ __all__ = [
     "Profiler",
     "bare_rate",
     "cpu_seconds",
+    "rss_bytes",
     "serve_bare",
     "top_functions",
 ]
@@ -103,6 +109,8 @@ TENANTS = (("acme-no", "NO"), ("lab-se", "SE"), ("uni-de", "DE"), ("corp-us", "U
 BACKLOG_TENANT = "backlog"
 """The tenant of the pre-filled queue: a quota of one GPU."""
 BACKLOG_QUOTA_GPUS = 1
+NO_TRACING = {"OTEL_TRACES_EXPORTER": "none"}
+"""The processes' tracing settings unless told otherwise: none (no provider, no spans)."""
 RATE = "1000000000"
 """SG_RATE_PER_SECOND and SG_RATE_BURST of the API: no call is ever throttled."""
 RUNNING = str(JobState.RUNNING.value).encode()
@@ -185,14 +193,7 @@ class _Proc:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period (no-op once it has ended)."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(_STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, timeout=_STOP_GRACE)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,13 @@ class Cluster:
     a context manager, or ``start()`` and ``stop()``: ``stop`` leaves nothing running."""
 
     def __init__(
-        self, base_dir: Path, *, sites: int = 8, dispatchers: int = 2, secure: bool = False
+        self,
+        base_dir: Path,
+        *,
+        sites: int = 8,
+        dispatchers: int = 2,
+        secure: bool = False,
+        tracing: Mapping[str, str] | None = None,
     ) -> None:
         if sites < 1 or dispatchers < 1:
             raise ValueError("sites and dispatchers must be at least 1")
@@ -220,6 +227,8 @@ class Cluster:
         self.site_count = sites
         self.dispatchers = dispatchers
         self.secure = secure
+        self.tracing = dict(tracing) if tracing is not None else dict(NO_TRACING)
+        """The ``OTEL_*`` (and ``SG_TRACES_MEMORY_REPORT``) variables of every process."""
         self.redis: LocalRedis | None = None
         self.procs: dict[str, _Proc] = {}
         self.api_address = ""
@@ -328,11 +337,8 @@ class Cluster:
 
     def _base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SG_", "OTEL_"))}
-        env.update(
-            PYTHONUNBUFFERED="1",
-            PYTHONPATH=str(REPO),
-            OTEL_TRACES_EXPORTER="none",
-        )
+        env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+        env.update(self.tracing)
         return env
 
     def _role_env(self) -> dict[str, str]:
@@ -457,6 +463,15 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = data[data.rfind(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` (0 if it is gone)."""
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 # -- a bare gRPC server: the reference for one call per job -------------------------------------

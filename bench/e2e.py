@@ -54,8 +54,9 @@ warm-up round; ratios are medians of per-round ratios, both sides measured in th
    the holder runs on to the end. Redis memory per queued job is ``INFO memory``
    ``used_memory`` just after a fill minus just before it, over the jobs that fill queued (the
    global events stream is at its cap by then in a full run, so it adds nothing per job);
-   ``MEMORY STATS`` and ``MEMORY USAGE`` of one queued job's keys are reported beside it, to
-   show where it goes.
+   ``MEMORY STATS`` and the ``MEMORY USAGE`` of each key one queued job has among
+   ``{p}job:{id}``, ``{p}job:{id}:ev`` and ``{p}job:{id}:spec`` (``JOB_KEYS``; absent ones
+   reported absent) are reported beside it, to show where it goes.
 5. **the floor** (``bench.floor.measure_floor``: one durable Redis write and a batched gRPC
    delivery per batch of jobs, no placement) against the same redis-server, at batches of
    1,000 and 5,000; the better is the round's floor. Ratio: batch submit over the floor.
@@ -72,6 +73,25 @@ of the floor; one RPC per job >= 0.7 of the bare call; p99 submit->RUNNING <= 50
 rate; rate with the deepest queue >= 0.85 of the rate with 1k queued; Redis memory per queued
 job <= 1 KB. Results go to ``bench/results/e2e-<UTC time>.json``. ``--quick`` is a tiny run
 (one round, no warm-up), for tests.
+
+Two more measurements run on clusters of their own, from the suite (``python -m bench``):
+
+- **tracing cost** (``measure_tracing``): measurement 1 (a warm-up batch submit of a fifth of
+  the jobs, then the measured one) on a fresh cluster whose every process (roles and fleet)
+  traces in one of three modes (``TRACING_MODES``): off (``OTEL_TRACES_EXPORTER=none``: no
+  tracer provider), 100% (the ``memory`` exporter of ``orchestrator.tracing``, sampler
+  ``parentbased_always_on``) and 1% (``memory``, ``parentbased_traceidratio`` at 0.01: a batch
+  call's trace, and so its jobs' spans, is recorded one time in a hundred). Rounds take the
+  modes in turn (off, 100%, 1%, off, ...); ratios are per round (traced over off), then
+  medians. Each traced process writes, when it exits, the count of spans it recorded and its
+  sampler (``SG_TRACES_MEMORY_REPORT``); the measurement fails unless, with tracing on, every
+  process reported the sampler asked for and, at 100%, at least one span per job, and with it
+  off none did (so a mode that silently did not trace cannot pass for one that did). This
+  process (the client) does not trace. Goals: 100% sampling costs <= 15% of the rate, 1% <= 3%.
+- **control-plane memory per job in flight** (``measure_inflight_memory``): on a fresh cluster,
+  a warm-up batch run to the end, then K jobs held RUNNING (they run for a day at their
+  simulated sites); the resident memory of the api, scheduler, dispatchers and redis-server
+  with all K RUNNING minus just before them, over K.
 """
 
 from __future__ import annotations
@@ -82,9 +102,8 @@ import contextlib
 import datetime
 import json
 import logging
-import signal
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -99,7 +118,6 @@ import redis.asyncio as aredis
 from bench._cluster import (
     BACKLOG_TENANT,
     PREFIX,
-    REPO,
     SUCCEEDED,
     TENANTS,
     BareServer,
@@ -111,8 +129,26 @@ from bench._cluster import (
     Profiler,
     bare_rate,
     cpu_seconds,
+    rss_bytes,
 )
-from bench.floor import machine, measure_floor, percentile
+from bench._report import (
+    Column,
+    Goal,
+    Ratio,
+    add_arguments,
+    emit,
+    goal_lines,
+    header,
+    machine,
+    paired,
+    percentile,
+    redis_version,
+    sigterm_interrupts,
+)
+from bench._report import default_json_path as results_path
+from bench._report import progress as say
+from bench._report import table as _table
+from bench.floor import measure_floor
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.sdk import AsyncClient
 from orchestrator.states import JobState
@@ -123,20 +159,31 @@ from orchestrator.validation import normalize_spec
 __all__ = [
     "BIG",
     "FULL",
+    "JOB_KEYS",
     "QUICK",
+    "TRACING_MODES",
     "E2EError",
     "EventTail",
+    "FreshBatch",
     "Goal",
+    "InflightMemory",
     "PhaseResult",
     "ProfileResult",
     "Ratio",
     "Report",
     "Row",
     "Sizes",
+    "TracingMode",
+    "TracingReport",
+    "TracingRun",
+    "batch_on_fresh_cluster",
     "default_json_path",
     "main",
     "measure",
+    "measure_inflight_memory",
+    "measure_tracing",
     "run",
+    "span_reports",
 ]
 
 log = logging.getLogger(__name__)
@@ -506,25 +553,6 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
-class Ratio:
-    """A rate over another, round by round."""
-
-    name: str
-    value: float
-    """Median of the per-round ratios."""
-
-
-@dataclass(frozen=True, slots=True)
-class Goal:
-    """A goal of issue 6 and whether this run met it."""
-
-    name: str
-    value: float
-    target: str
-    passed: bool
-
-
-@dataclass(frozen=True, slots=True)
 class QueueMemory:
     """Redis memory with ``queued`` jobs waiting."""
 
@@ -539,10 +567,9 @@ class QueueMemory:
     """``used_memory_delta / added``: the goal's figure."""
     dataset_bytes_per_job: float
     """The same from ``MEMORY STATS`` ``dataset.bytes`` (keys and values, no overhead)."""
-    job_hash_bytes: int
-    """``MEMORY USAGE`` of one queued job's record (``{p}job:{id}``)."""
-    job_events_bytes: int
-    """``MEMORY USAGE`` of its events stream (``{p}job:{id}:ev``)."""
+    job_keys: dict[str, int | None]
+    """``MEMORY USAGE`` in bytes of each of one queued job's keys (``JOB_KEYS``), by key
+    template; None: the job has no such key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,10 +603,6 @@ def _rate_row(name: str, jobs: int, rates: Sequence[float]) -> Row:
     return Row(name, jobs, statistics.median(rates), list(rates))
 
 
-def _paired(a: Sequence[float], b: Sequence[float]) -> float:
-    return statistics.median(x / y for x, y in zip(a, b, strict=True))
-
-
 async def _memory(client: aredis.Redis) -> tuple[int, int]:
     """``used_memory`` and the dataset's bytes."""
     info = await client.info("memory")
@@ -599,6 +622,21 @@ async def _settle(client: aredis.Redis, seconds: float = 1.0) -> None:
         ):
             return
         await asyncio.sleep(0.2)
+
+
+JOB_KEYS = ("{p}job:{id}", "{p}job:{id}:ev", "{p}job:{id}:spec")
+"""The keys a job may have (its record, its events stream, its spec): the store's layout
+changes, so each is looked for and reported absent rather than assumed."""
+
+
+async def _job_key_usage(store: JobStore, job_id: str) -> dict[str, int | None]:
+    """``MEMORY USAGE`` of each of ``JOB_KEYS`` for ``job_id`` (None: no such key)."""
+    out: dict[str, int | None] = {}
+    for template in JOB_KEYS:
+        key = template.format(p=store.prefix, id=job_id)
+        used = await store.client.memory_usage(key, samples=0)
+        out[template] = None if used is None else int(used)
+    return out
 
 
 async def _queue_depths(
@@ -634,8 +672,7 @@ async def _queue_depths(
             pending += await store.client.zcard(store.keys.pending(name))
         if pending < depth:
             raise E2EError(f"{depth} jobs queued but only {pending} pending: they were placed")
-        record = await store.client.memory_usage(store.keys.job(last), samples=0)
-        events = await store.client.memory_usage(store.keys.job_events(last), samples=0)
+        job_keys = await _job_key_usage(store, last)
         memory.append(
             QueueMemory(
                 queued=depth,
@@ -644,8 +681,7 @@ async def _queue_depths(
                 used_memory_delta=used - base,
                 bytes_per_job=(used - base) / added,
                 dataset_bytes_per_job=(data - base_data) / added,
-                job_hash_bytes=int(record or 0),
-                job_events_bytes=int(events or 0),
+                job_keys=job_keys,
             )
         )
         filled = time.perf_counter() - started
@@ -745,8 +781,7 @@ async def measure(
     progress: bool = False,
 ) -> Report:
     """Every measurement on a started ``cluster`` (see the module docstring)."""
-    where = machine(await _redis_version(cluster.redis_url))
-    where["commit"] = _commit()
+    where = await asyncio.to_thread(machine, redis_url=cluster.redis_url)
     client = await AsyncClient.connect(
         cluster.api_address, tls=cluster.client_tls, token=cluster.token, timeout=120
     )
@@ -809,31 +844,29 @@ def _summary(
     batch_rates = [r.jobs_per_second for r in rounds.batch]
     single_rates = [r.jobs_per_second for r in rounds.single]
     shallow, deep = depth_rows[0], depth_rows[-1]
-    of_floor = _paired(batch_rates, rounds.floor)
-    of_bare = _paired(single_rates, rounds.bare)
-    deep_ratio = _paired(deep.rate_runs, shallow.rate_runs)
+    of_floor = paired(batch_rates, rounds.floor)
+    of_bare = paired(single_rates, rounds.bare)
+    deep_ratio = paired(deep.rate_runs, shallow.rate_runs)
     ratios = [
         Ratio("batch submit / floor", of_floor),
         Ratio("one RPC per job / bare call (own process)", of_bare),
         Ratio(
-            "one RPC per job / bare call (this process)", _paired(single_rates, rounds.bare_local)
+            "one RPC per job / bare call (this process)", paired(single_rates, rounds.bare_local)
         ),
-        Ratio("bare call, own process / this process", _paired(rounds.bare, rounds.bare_local)),
+        Ratio("bare call, own process / this process", paired(rounds.bare, rounds.bare_local)),
         Ratio(f"{deep.measurement} / {shallow.measurement}", deep_ratio),
     ]
     p99 = paced.p99_ms if paced.p99_ms is not None else float("nan")
     per_job = memory[-1].bytes_per_job
     deep_n, shallow_n = _count(memory[-1].queued), _count(memory[0].queued)
     goals = [
-        Goal("batch submit, jobs/s", batch.jobs_per_second, ">= 10,000",
-             batch.jobs_per_second >= 10_000),
-        Goal("batch submit / floor", of_floor, ">= 0.3", of_floor >= 0.3),
-        Goal("one RPC per job / bare unary call", of_bare, ">= 0.7", of_bare >= 0.7),
-        Goal("p99 submit -> RUNNING at half rate, ms", p99, "<= 50", p99 <= 50),
-        Goal(f"rate, {deep_n} / {shallow_n} queued", deep_ratio, ">= 0.85", deep_ratio >= 0.85),
-        Goal(f"Redis bytes per queued job ({deep_n} queued)", per_job, "<= 1,024",
-             per_job <= 1024),
-    ]  # fmt: skip
+        Goal.at_least("batch submit", batch.jobs_per_second, 10_000, unit="jobs/s"),
+        Goal.at_least("batch submit / floor", of_floor, 0.3),
+        Goal.at_least("one RPC per job / bare unary call", of_bare, 0.7),
+        Goal.at_most("p99 submit -> RUNNING at half rate", p99, 50, unit="ms"),
+        Goal.at_least(f"rate, {deep_n} / {shallow_n} queued", deep_ratio, 0.85),
+        Goal.at_most(f"Redis memory per queued job ({deep_n} queued)", per_job, 1024, unit="B"),
+    ]
     return rows, ratios, goals
 
 
@@ -853,29 +886,329 @@ async def _profile(ctx: _Context, sizes: Sizes, out_dir: Path) -> list[ProfileRe
     ]
 
 
-def _commit() -> str:
-    """The repository's commit, ``+modified`` when its tracked files differ from it (what was
-    measured is the working tree)."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        changed = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return f"{head}+modified" if changed else head
+# -- tracing cost -------------------------------------------------------------------------------
 
 
-async def _redis_version(url: str) -> str:
-    client = aredis.Redis.from_url(url)
+@dataclass(frozen=True, slots=True)
+class TracingMode:
+    """How every process of a cluster traces (the same ``OTEL_*`` variables for all)."""
+
+    name: str
+    env: dict[str, str]
+    root_sampler: str
+    """What the sampler's description names as the root sampler ("" when tracing is off)."""
+
+
+TRACING_MODES = (
+    TracingMode("off", {"OTEL_TRACES_EXPORTER": "none"}, ""),
+    TracingMode(
+        "100%",
+        {"OTEL_TRACES_EXPORTER": "memory", "OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+        "root:AlwaysOnSampler",
+    ),
+    TracingMode(
+        "1%",
+        {
+            "OTEL_TRACES_EXPORTER": "memory",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.01",
+        },
+        "root:TraceIdRatioBased{0.01}",
+    ),
+)
+"""Tracing off; every trace sampled, to an in-memory exporter; 1% of new traces sampled (a
+job's later spans follow its trace's decision: parent-based)."""
+TRACING_COST_GOALS = {"100%": 15.0, "1%": 3.0}
+"""The most throughput (percent of the untraced rate) each mode may cost (issue 6)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TracingRun:
+    """One cluster of the tracing measurement: its mode, its rate and the spans it recorded."""
+
+    mode: str
+    round: int
+    jobs: int
+    """Jobs the cluster ran (warm-up and measured; each checked SUCCEEDED exactly once)."""
+    jobs_per_second: float
+    """Of the measured batch submit."""
+    spans: dict[str, int]
+    """Spans each process exported, from the report it wrote at exit (none when off)."""
+    samplers: dict[str, str]
+    """The sampler each process installed, as the SDK describes it."""
+
+    @property
+    def spans_per_job(self) -> float:
+        return sum(self.spans.values()) / self.jobs
+
+
+@dataclass(frozen=True, slots=True)
+class TracingReport:
+    """The tracing measurement: rows by mode, ratios and goals, every cluster's spans."""
+
+    machine: dict[str, str]
+    runs: int
+    sizes: dict[str, Any]
+    options: dict[str, Any]
+    rows: list[Row]
+    ratios: list[Ratio]
+    goals: list[Goal]
+    clusters: list[TracingRun]
+    verified_jobs: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def text(self) -> str:
+        o = self.options
+        lines = [
+            *header("tracing cost benchmark", self.machine),
+            f"batch submit ({self.sizes['batch_jobs']:,} jobs after a warm-up of "
+            f"{o['warm_up_jobs']:,}) on a fresh cluster ({o['sites']} sites, {o['dispatchers']} "
+            f"dispatcher(s)) per mode and round, modes interleaved; median of {self.runs} round(s)",
+            "",
+            table(self.rows),
+            "",
+            cpu_table(self.rows),
+            "",
+            "spans recorded per job (every process's in-memory exporter, reported at its exit)",
+        ]
+        for mode in TRACING_MODES:
+            runs = [c for c in self.clusters if c.mode == mode.name]
+            if runs:
+                per_job = statistics.median(c.spans_per_job for c in runs)
+                lines.append(f"  {mode.name:<5} {per_job:8.3f}  ({_span_counts(runs[-1])})")
+        lines += ["", "ratios (median of the per-round ratios)"]
+        lines += [f"  {r.name}: {r.value:.3f}" for r in self.ratios]
+        lines += ["", *goal_lines(self.goals)]
+        return "\n".join(lines)
+
+
+def _span_counts(run: TracingRun) -> str:
+    if not run.spans:
+        return "no process installed a tracer provider"
+    return ", ".join(f"{name} {n:,}" for name, n in sorted(run.spans.items()))
+
+
+async def _fresh_batch(cluster: Cluster, sizes: Sizes) -> tuple[PhaseResult, int]:
+    """A warm-up batch submit, then the measured one, on ``cluster``; and the jobs checked."""
+    client = await AsyncClient.connect(
+        cluster.api_address, tls=cluster.client_tls, token=cluster.token, timeout=120
+    )
+    ctx = _Context(cluster, client, 0.0)
     try:
-        return str((await client.info("server")).get("redis_version", "?"))
+        warm = sizes.warm_up()
+        await ctx.run("warm-up", ctx.specs(warm.batch_jobs), _batch_submitter(sizes))
+        result = await ctx.run("batch", ctx.specs(sizes.batch_jobs), _batch_submitter(sizes))
     finally:
-        await client.aclose()
+        await client.close()
+        await ctx.store.close()
+    return result, ctx.verified
+
+
+@dataclass(frozen=True, slots=True)
+class FreshBatch:
+    """A batch-submit measurement on a cluster of its own (``batch_on_fresh_cluster``)."""
+
+    result: PhaseResult
+    verified: int
+    """Jobs checked SUCCEEDED exactly once (the warm-up's and the measured ones)."""
+    pids: dict[str, int]
+    """The cluster's processes, by name."""
+    redis_version: str
+
+
+def batch_on_fresh_cluster(
+    base_dir: Path,
+    *,
+    sizes: Sizes,
+    sites: int = 8,
+    dispatchers: int = 2,
+    tracing: dict[str, str] | None = None,
+) -> FreshBatch:
+    """Start a cluster in ``base_dir`` (``tracing``: its processes' ``OTEL_*`` variables), run a
+    warm-up batch submit and the measured one, and stop it (every process has exited when
+    this returns)."""
+    with Cluster(base_dir, sites=sites, dispatchers=dispatchers, tracing=tracing) as cluster:
+        pids = cluster.pids()
+        version = redis_version(cluster.redis_url)
+        result, verified = asyncio.run(_fresh_batch(cluster, sizes))
+    return FreshBatch(result, verified, pids, version)
+
+
+def span_reports(
+    mode: TracingMode, directory: Path, pids: dict[str, int], *, jobs: int
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Spans and sampler of every traced process, from the reports they wrote at exit into
+    ``directory``; ``E2EError`` unless the mode really was in force: off, no process traced;
+    on, every Python process installed the mode's sampler, and at 100% they recorded at least
+    a span per job (a job's spans are made in the api, scheduler, dispatcher and agent)."""
+    names = {pid: name for name, pid in pids.items() if name != "redis"}
+    spans: dict[str, int] = {}
+    samplers: dict[str, str] = {}
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        doc = json.loads(path.read_text())
+        name = names.get(int(doc["pid"]), f"pid {doc['pid']}")
+        spans[name] = int(doc["spans"])
+        samplers[name] = str(doc["sampler"])
+    if not mode.root_sampler:
+        if spans:
+            raise E2EError(f"tracing {mode.name}: processes recorded spans: {spans}")
+        return spans, samplers
+    missing = sorted(set(names.values()) - set(spans))
+    if missing:
+        raise E2EError(
+            f"tracing {mode.name}: no span report from {', '.join(missing)} (in {directory}): "
+            "it installed no tracer provider, or did not exit cleanly"
+        )
+    wrong = {n: d for n, d in samplers.items() if mode.root_sampler not in d}
+    if wrong:
+        raise E2EError(f"tracing {mode.name}: not the sampler asked for ({wrong})")
+    if mode.name == "100%" and sum(spans.values()) < jobs:
+        raise E2EError(
+            f"tracing {mode.name}: {sum(spans.values())} spans for {jobs} jobs ({spans})"
+        )
+    return spans, samplers
+
+
+def measure_tracing(
+    base_dir: Path,
+    *,
+    sizes: Sizes = FULL,
+    runs: int = 3,
+    sites: int = 8,
+    dispatchers: int = 2,
+    progress: bool = False,
+) -> TracingReport:
+    """Batch submit with tracing off, at 100% and at 1% (``TRACING_MODES``), each on a cluster
+    of its own, in ``runs`` rounds that take the modes in turn; see the module docstring."""
+    where = machine()  # dated when the run starts
+    results: dict[str, list[PhaseResult]] = {m.name: [] for m in TRACING_MODES}
+    clusters: list[TracingRun] = []
+    verified = 0
+    for round_ in range(runs):
+        for k, mode in enumerate(TRACING_MODES):
+            run_dir = base_dir / f"tracing-{round_ + 1}-{k}"
+            reports = run_dir / "spans"
+            env = dict(mode.env)
+            if mode.root_sampler:
+                env["SG_TRACES_MEMORY_REPORT"] = str(reports)
+            fresh = batch_on_fresh_cluster(
+                run_dir, sizes=sizes, sites=sites, dispatchers=dispatchers, tracing=env
+            )
+            where["redis-server"] = fresh.redis_version
+            result, jobs = fresh.result, fresh.verified
+            spans, samplers = span_reports(mode, reports, fresh.pids, jobs=jobs)
+            shutil.rmtree(run_dir, ignore_errors=True)  # Redis's files: tens of MB a cluster
+            verified += jobs
+            results[mode.name].append(result)
+            clusters.append(
+                TracingRun(mode.name, round_ + 1, jobs, result.jobs_per_second, spans, samplers)
+            )
+            if progress:
+                say(
+                    f"tracing round {round_ + 1}/{runs}, {mode.name}: "
+                    f"{result.jobs_per_second:,.0f} jobs/s, {sum(spans.values()):,} spans"
+                )
+    rows = [_row(f"batch submit, tracing {m.name}", results[m.name]) for m in TRACING_MODES]
+    off = [r.jobs_per_second for r in results["off"]]
+    ratios, goals = [], []
+    for mode in TRACING_MODES[1:]:
+        ratio = paired([r.jobs_per_second for r in results[mode.name]], off)
+        ratios.append(Ratio(f"batch submit, tracing {mode.name} / off", ratio))
+        goals.append(
+            Goal.at_most(
+                f"tracing at {mode.name} sampling: throughput lost",
+                (1 - ratio) * 100,
+                TRACING_COST_GOALS[mode.name],
+                unit="%",
+            )
+        )
+    options = {
+        "sites": sites,
+        "dispatchers": dispatchers,
+        "warm_up_jobs": sizes.warm_up().batch_jobs,
+        "modes": {m.name: m.env for m in TRACING_MODES},
+    }
+    return TracingReport(
+        where, runs, asdict(sizes), options, rows, ratios, goals, clusters, verified
+    )
+
+
+# -- control-plane memory per job in flight -----------------------------------------------------
+
+
+HELD_SECONDS = 86_400.0
+"""How long each in-flight job runs at its simulated site: far longer than any measurement."""
+CONTROL_PLANE = ("api", "scheduler", "dispatcher", "redis")
+"""The processes whose memory is the control plane's (not the fleet: it stands in for the
+sites' own machines)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InflightMemory:
+    """The control plane's resident memory with ``jobs`` jobs RUNNING, against none."""
+
+    jobs: int
+    rss_before_mb: dict[str, float]
+    """Per process, after a warm-up batch had run to the end (MiB)."""
+    rss_mb: dict[str, float]
+    """Per process, with every held job RUNNING (MiB)."""
+    bytes_per_job: float
+    """``(sum rss - sum rss_before) / jobs`` over the control plane's processes."""
+
+    @property
+    def mb_per_job(self) -> float:
+        return self.bytes_per_job / 2**20
+
+
+def _control_plane_rss(pids: dict[str, int]) -> dict[str, int]:
+    return {n: rss_bytes(p) for n, p in pids.items() if n.startswith(CONTROL_PLANE)}
+
+
+async def _hold(cluster: Cluster, jobs: int, warm_up: int) -> InflightMemory:
+    client = await AsyncClient.connect(
+        cluster.api_address, tls=cluster.client_tls, token=cluster.token, timeout=120
+    )
+    ctx = _Context(cluster, client, 0.0)
+    try:
+        await ctx.run("warm-up", ctx.specs(warm_up), _batch_submitter(FULL))
+        await _settle(ctx.store.client)
+        pids = cluster.pids()
+        before = _control_plane_rss(pids)
+        specs = bench_specs(jobs, "held", jurisdictions=ctx.jurisdictions, sim_seconds=HELD_SECONDS)
+        async with EventTail(cluster.redis_url, Keys(PREFIX).events) as tail:
+            submitted = await submit_batches(client, specs, batch=1000, in_flight=2)
+            deadline = time.monotonic() + _STALL_SECONDS
+            while len({job.decode() for job, _, _ in tail.running} & submitted.keys()) < jobs:
+                if time.monotonic() > deadline:
+                    raise E2EError(
+                        f"in-flight memory: {len(tail.running)} of {jobs} held jobs RUNNING "
+                        f"after {_STALL_SECONDS:g} s\n{await ctx._diagnose(submitted)}"
+                    )
+                await asyncio.sleep(0.05)
+        await _settle(ctx.store.client)
+        after = _control_plane_rss(pids)
+    finally:
+        await client.close()
+        await ctx.store.close()
+    return InflightMemory(
+        jobs=jobs,
+        rss_before_mb={n: b / 2**20 for n, b in before.items()},
+        rss_mb={n: b / 2**20 for n, b in after.items()},
+        bytes_per_job=(sum(after.values()) - sum(before.values())) / jobs,
+    )
+
+
+def measure_inflight_memory(
+    base_dir: Path, *, jobs: int, sites: int = 8, dispatchers: int = 2, warm_up: int = 1000
+) -> InflightMemory:
+    """On a fresh cluster: a warm-up batch of ``warm_up`` jobs run to the end, then ``jobs``
+    jobs that stay RUNNING (``HELD_SECONDS``); the control plane's resident memory (api,
+    scheduler, dispatchers, redis-server: ``/proc``) just before them and with all of them
+    RUNNING. The cluster is stopped afterwards, held jobs and all."""
+    with Cluster(base_dir, sites=sites, dispatchers=dispatchers) as cluster:
+        return asyncio.run(_hold(cluster, jobs, warm_up))
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -885,20 +1218,28 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+_COLUMNS = (
+    Column("measurement", 44, left=True),
+    Column("jobs", 7),
+    Column("jobs/s", 8),
+    Column("submit/s", 8),
+    Column("p50 ms", 7),
+    Column("p99 ms", 7),
+    Column("max ms", 7),
+)
+
+
+def _cells(r: Row) -> list[str]:
+    submit = "-" if r.submit_per_second is None else f"{r.submit_per_second:,.0f}"
+    return [
+        r.measurement, f"{r.jobs:,}", f"{r.jobs_per_second:,.0f}", submit, _ms(r.p50_ms),
+        _ms(r.p99_ms), _ms(r.max_ms),
+    ]  # fmt: skip
+
+
 def table(rows: Sequence[Row]) -> str:
     """Rows as a fixed-width table."""
-    head = (
-        f"{'measurement':<44} {'jobs':>7} {'jobs/s':>8} {'submit/s':>8} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'max ms':>7}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        submit = "-" if r.submit_per_second is None else f"{r.submit_per_second:,.0f}"
-        lines.append(
-            f"{r.measurement:<44} {r.jobs:>7,} {r.jobs_per_second:>8,.0f} {submit:>8} "
-            f"{_ms(r.p50_ms):>7} {_ms(r.p99_ms):>7} {_ms(r.max_ms):>7}"
-        )
-    return "\n".join(lines)
+    return _table(_COLUMNS, map(_cells, rows))
 
 
 def cpu_table(rows: Sequence[Row]) -> str:
@@ -908,13 +1249,19 @@ def cpu_table(rows: Sequence[Row]) -> str:
         return ""
     names = sorted(timed[0].cpu_us_per_job, key=_process_order)
     short = [n.replace("scheduler", "sched").replace("dispatcher", "disp") for n in names]
-    head = f"{'cpu us/job':<44} " + " ".join(f"{n[:7]:>7}" for n in short) + f" {'total':>7}"
-    lines = [head, "-" * len(head)]
-    for r in timed:
-        values = " ".join(f"{r.cpu_us_per_job.get(n, 0.0):>7.0f}" for n in names)
-        total = sum(r.cpu_us_per_job.values())
-        lines.append(f"{r.measurement:<44} {values} {total:>7.0f}")
-    return "\n".join(lines)
+    columns = [Column("cpu us/job", 44, left=True), *(Column(n[:7], 7) for n in short)]
+    columns.append(Column("total", 7))
+    return _table(
+        columns,
+        (
+            [
+                r.measurement,
+                *(f"{r.cpu_us_per_job.get(n, 0.0):.0f}" for n in names),
+                f"{sum(r.cpu_us_per_job.values()):.0f}",
+            ]
+            for r in timed
+        ),
+    )
 
 
 def _process_order(name: str) -> tuple[int, str]:
@@ -944,11 +1291,8 @@ class Report:
     def text(self) -> str:
         m, o = self.machine, self.options
         lines = [
-            f"end-to-end benchmark  {m['date']}  {m['cores']} cores  "
-            f"{m['implementation']} {m['python']}  ({m['platform']})",
-            f"grpcio {m['grpcio']}, protobuf {m['protobuf']}, redis-py {m['redis-py']}, "
-            f"redis-server {m['redis-server']} (appendfsync always); commit "
-            f"{m.get('commit', '?')}; median of {self.runs} round(s)",
+            *header("end-to-end benchmark", m),
+            f"redis-server with appendfsync always; median of {self.runs} round(s)",
             f"{o['sites']} simulated sites in one fleet process, {o['dispatchers']} dispatchers, "
             f"{'TLS + tokens' if o['secure'] else 'plaintext, no tokens'}, jobs run "
             f"{o['sim_seconds']:g} s; jobs/s: sustained to RUNNING (middle 80%); latency: "
@@ -963,17 +1307,18 @@ class Report:
         lines += [
             f"  {_count(q.queued)} queued ({q.added:,} by this fill; {q.pending:,} pending): "
             f"{q.bytes_per_job:,.0f} B/job "
-            f"(dataset {q.dataset_bytes_per_job:,.0f}; one job's record {q.job_hash_bytes:,} B, "
-            f"its events stream {q.job_events_bytes:,} B)"
+            f"(dataset {q.dataset_bytes_per_job:,.0f})"
             for q in self.queue_memory
         ]
+        if self.queue_memory:
+            keys = self.queue_memory[-1].job_keys
+            lines.append(
+                "  MEMORY USAGE of one queued job's keys: "
+                + ", ".join(f"{k} {'absent' if b is None else f'{b:,} B'}" for k, b in keys.items())
+            )
         lines += ["", "ratios (median of the per-round ratios)"]
         lines += [f"  {r.name}: {r.value:.3f}" for r in self.ratios]
-        lines += ["", "goals"]
-        lines += [
-            f"  {'PASS' if g.passed else 'FAIL'}  {g.name}: {g.value:,.3g} (goal {g.target})"
-            for g in self.goals
-        ]
+        lines += ["", *goal_lines(self.goals)]
         lines += [
             "",
             f"checked: {self.verified_jobs:,} jobs, each SUCCEEDED exactly once at attempt 1",
@@ -1023,16 +1368,7 @@ def run(
 
 def default_json_path(now: datetime.datetime | None = None) -> Path:
     """``bench/results/e2e-<UTC timestamp>.json``."""
-    stamp = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return Path("bench/results") / f"e2e-{stamp}.json"
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM stops the benchmark as Ctrl-C does (asyncio's SIGINT handler cancels the run;
-    the processes started are stopped on the way out)."""
-    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
-        raise KeyboardInterrupt  # SIGINT ignored (a background job): interrupt here
-    signal.raise_signal(signal.SIGINT)
+    return results_path("e2e", now)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1043,12 +1379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Measure the orchestrator end to end (submit -> RUNNING at simulated "
         "agents) with real processes, against the floor and a bare gRPC call.",
     )
-    parser.add_argument("--quick", action="store_true", help="a tiny run (a smoke test)")
-    parser.add_argument(
-        "--json", type=Path, default=None,
-        help="where to write results (default: bench/results/e2e-<UTC time>.json)",
-    )  # fmt: skip
-    parser.add_argument("--runs", type=int, default=3, help="rounds (median); default 3")
+    add_arguments(parser, name="e2e", runs=3)
     parser.add_argument("--sites", type=int, default=8, help="simulated sites (default 8)")
     parser.add_argument("--dispatchers", type=int, default=2, help="dispatchers (default 2)")
     parser.add_argument(
@@ -1067,10 +1398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runs < 1 or args.sites < 1 or args.dispatchers < 1 or args.sim_seconds < 0:
         parser.error("--runs, --sites and --dispatchers must be >= 1, --sim-seconds >= 0")
     sizes = QUICK if args.quick else BIG if args.big else FULL
-    out: Path = args.json or default_json_path()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        with tempfile.TemporaryDirectory(prefix="sg-bench-e2e-") as tmp:
+        with sigterm_interrupts(), tempfile.TemporaryDirectory(prefix="sg-bench-e2e-") as tmp:
             report = run(
                 Path(tmp),
                 sizes=sizes,
@@ -1089,12 +1418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    print(report.text())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report.to_json())
-    print(f"\nwrote {out}")
+    emit(report, name="e2e", path=args.json)
     return 0
 
 

@@ -65,32 +65,39 @@ import datetime
 import enum
 import json
 import logging
-import math
-import os
-import platform
 import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-import google.protobuf
 import grpc
-import redis
 import redis.asyncio as aredis
 from redis.asyncio.connection import parse_url
 from redis.typing import EncodableT
 
+from bench._report import (
+    Column,
+    Ratio,
+    add_arguments,
+    emit,
+    header,
+    machine,
+    own_redis,
+    paired,
+    percentile,
+    rotated,
+)
+from bench._report import default_json_path as results_path
+from bench._report import table as _table
 from orchestrator._pb.agent.v1 import agent_pb2
 from orchestrator._pb.orchestrator.v1 import types_pb2
-from orchestrator.store import LocalRedis
 
 __all__ = [
     "BATCHES",
@@ -876,12 +883,6 @@ async def _read(call: grpc.aio.StreamStreamCall[bytes, bytes]) -> bytes:
     return raw
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
-
-
 # -- the sweep ----------------------------------------------------------------------------------
 
 
@@ -959,15 +960,6 @@ class Row:
     """Every run left every job in Redis (always true without Redis)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Ratio:
-    """A figure of one row over the same figure of another, round by round."""
-
-    name: str
-    value: float
-    """Median of the per-round ratios."""
-
-
 def _row(config: Config, results: Sequence[FloorResult]) -> Row:
     med = statistics.median
     return Row(
@@ -989,17 +981,12 @@ def _row(config: Config, results: Sequence[FloorResult]) -> Row:
     )
 
 
-def rotated(items: Sequence[Config], by: int) -> list[Config]:
-    """``items`` starting at index ``by`` (mod their number)."""
-    k = by % len(items)
-    return [*items[k:], *items[:k]]
-
-
 async def measure(
     redis_url: str, *, sizes: Sizes = FULL, runs: int = 3, progress: bool = False
 ) -> Report:
     """Every configuration at every batch size: a warm-up round, then ``runs`` rounds, the
     configurations taking turns in a rotating order; one receiver of each kind serves all."""
+    where = await asyncio.to_thread(machine, redis_url=redis_url)  # dated when the run starts
     todo = configs(sizes.batches)
     results: dict[Config, list[FloorResult]] = {c: [] for c in todo}
     payload = default_payload()
@@ -1031,21 +1018,11 @@ async def measure(
                     took = time.perf_counter() - started
                     print(f"  {what} done in {took:.1f} s", file=sys.stderr)
     rows = [_row(c, results[c]) for c in todo]
-    server = await _redis_version(redis_url)
-    return Report(machine(server), runs, asdict(sizes), rows, ratios(rows))
-
-
-async def _redis_version(url: str) -> str:
-    client = aredis.Redis.from_url(url)
-    try:
-        info = await client.info("server")
-        return str(info.get("redis_version", "?"))
-    finally:
-        await client.aclose()
+    return Report(where, runs, asdict(sizes), rows, ratios(rows))
 
 
 def _paired(a: Row, b: Row) -> float:
-    return statistics.median(x / y for x, y in zip(a.rate_runs, b.rate_runs, strict=True))
+    return paired(a.rate_runs, b.rate_runs)
 
 
 def best(rows: Iterable[Row], **match: str) -> Row | None:
@@ -1080,41 +1057,38 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
 # -- output -------------------------------------------------------------------------------------
 
 
-def machine(redis_version: str) -> dict[str, str]:
-    """What ran the benchmark."""
-    return {
-        "cores": str(os.cpu_count()),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "grpcio": grpc.__version__,
-        "protobuf": google.protobuf.__version__,
-        "redis-py": redis.__version__,
-        "redis-server": redis_version,
-    }
-
-
 def _yes(flag: bool) -> str:
     return "yes" if flag else "NO"
 
 
+_COLUMNS = (
+    Column("stages", 11, left=True),
+    Column("receiver", 13, left=True),
+    Column("encoding", 8, left=True),
+    Column("batch", 5),
+    Column("jobs/s", 9),
+    Column("p50 ms", 7),
+    Column("p99 ms", 7),
+    Column("cpu us/job", 10),
+    Column("redis us/job", 12),
+    Column("B/job", 5),
+    Column("acked", 5),
+    Column("stored", 6),
+)
+
+
+def _cells(r: Row) -> list[str]:
+    return [
+        r.stages, r.receiver or "-", r.encoding, str(r.batch), f"{r.jobs_per_second:,.0f}",
+        f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.cpu_us_per_job:.2f}",
+        f"{r.redis_cpu_us_per_job:.2f}", f"{r.bytes_per_job:.0f}", _yes(r.all_acked),
+        _yes(r.all_stored),
+    ]  # fmt: skip
+
+
 def table(rows: Sequence[Row]) -> str:
     """Rows as a fixed-width table."""
-    head = (
-        f"{'stages':<11} {'receiver':<13} {'encoding':<8} {'batch':>5} {'jobs/s':>9} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'cpu us/job':>10} {'redis us/job':>12} {'B/job':>5} "
-        f"{'acked':>5} {'stored':>6}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r.stages:<11} {r.receiver or '-':<13} {r.encoding:<8} {r.batch:>5} "
-            f"{r.jobs_per_second:>9,.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
-            f"{r.cpu_us_per_job:>10.2f} {r.redis_cpu_us_per_job:>12.2f} {r.bytes_per_job:>5.0f} "
-            f"{_yes(r.all_acked):>5} {_yes(r.all_stored):>6}"
-        )
-    return "\n".join(lines)
+    return _table(_COLUMNS, map(_cells, rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1144,11 +1118,9 @@ class Report:
         m, s = self.machine, self.sizes
         floor = self.floor
         lines = [
-            f"floor benchmark  {m['date']}  {m['cores']} cores  "
-            f"{m['implementation']} {m['python']}  ({m['platform']})",
-            f"grpcio {m['grpcio']}, protobuf {m['protobuf']}, redis-py {m['redis-py']}, "
-            f"redis-server {m['redis-server']} (appendfsync always); median of {self.runs} "
-            "round(s), configurations interleaved in each round",
+            *header("floor benchmark", m),
+            f"redis-server with appendfsync always; median of {self.runs} round(s), "
+            "configurations interleaved in each round",
             f"{s['jobs']:,} jobs per run (at least {s['min_batches']} batches), "
             f"{s['window']} batches in flight, spec {floor.spec_bytes} bytes; cpu us/job: "
             "the Python processes (sender and receiver)",
@@ -1186,22 +1158,7 @@ def quick(redis_url: str) -> Report:
 
 def default_json_path(now: datetime.datetime | None = None) -> Path:
     """``bench/results/floor-<UTC timestamp>.json``."""
-    stamp = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return Path("bench/results") / f"floor-{stamp}.json"
-
-
-@contextlib.contextmanager
-def _redis(url: str | None) -> Iterator[str]:
-    """``url``, or a durable redis-server of our own in a temporary directory."""
-    if url is not None:
-        yield url
-        return
-    with tempfile.TemporaryDirectory(prefix="sg-bench-redis-") as tmp:
-        local = LocalRedis(Path(tmp))
-        try:
-            yield local.start()
-        finally:
-            local.stop()
+    return results_path("floor", now)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1211,25 +1168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Measure the physical floor of dispatching a job: a durable Redis write "
         "and delivery on one gRPC stream.",
     )
-    parser.add_argument("--quick", action="store_true", help="a tiny run (a smoke test)")
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        help="where to write results (default: bench/results/floor-<UTC time>.json)",
-    )
-    parser.add_argument("--runs", type=int, default=3, help="rounds (median); at least 3")
+    add_arguments(parser, name="floor", runs=3, runs_help="rounds (median); at least 3")
     parser.add_argument(
         "--redis-url", default=None, help="a Redis to use (default: start a redis-server)"
     )
     args = parser.parse_args(argv)
-    out: Path = args.json or default_json_path()
-    with _redis(args.redis_url) as url:
+    with own_redis(args.redis_url) as url:
         report = quick(url) if args.quick else run(url, runs=max(args.runs, 3), progress=True)
-    print(report.text())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report.to_json())
-    print(f"\nwrote {out}")
+    emit(report, name="floor", path=args.json)
     return 0
 
 

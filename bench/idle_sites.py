@@ -34,30 +34,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import json
 import logging
 import os
-import platform
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, TypeVar
 
-import grpc
 import redis
 
 from agents.fleet import sim_sites
+from bench._cluster import rss_bytes
+from bench._report import (
+    Column,
+    Goal,
+    add_arguments,
+    emit,
+    goal_lines,
+    header,
+    machine,
+    own_redis,
+)
+from bench._report import default_json_path as results_path
+from bench._report import table as _table
 from orchestrator.config import RedisConfig
+from orchestrator.processes import stop_process
 from orchestrator.sitefile import SiteConfig
-from orchestrator.store import JobStore, LocalRedis
+from orchestrator.store import JobStore
 from orchestrator.validation import normalize_site
 
 __all__ = [
@@ -129,17 +139,6 @@ class ProcessRow:
     """``(rss - rss_empty) / sites``, in KiB."""
 
 
-@dataclass(frozen=True, slots=True)
-class Goal:
-    """One goal, its limit and whether the run met it."""
-
-    name: str
-    value: float
-    limit: float
-    unit: str
-    passed: bool
-
-
 class _Python:
     """A Python child process of the run, its output in a log file."""
 
@@ -169,13 +168,7 @@ class _Python:
             raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{tail}")
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, timeout=_STOP_TIMEOUT)
         self._log.close()
 
 
@@ -184,12 +177,6 @@ def cpu_seconds(pid: int) -> float:
     data = Path(f"/proc/{pid}/stat").read_bytes()
     fields = data[data.rfind(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` (from /proc)."""
-    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _redis_cpu(client: redis.Redis) -> float:
@@ -297,7 +284,7 @@ def measure(
 ) -> Report:
     """Start the dispatcher and the fleet over ``redis_url`` (under a key prefix of their own,
     deleted afterwards), measure them empty and with every site connected, and report."""
-    where = machine(redis_url)
+    where = machine(redis_url=redis_url)
     prefix = f"bench-idle-{os.getpid()}-{time.time_ns()}:"
     sites = sim_sites(sizes.sites)
     site_ids = [s.id for s in sites]
@@ -397,47 +384,35 @@ def _report(
     cpu_limit = CPU_GOAL_PERCENT_PER_1000 * sizes.sites / 1000
     memory = sum(r.kb_per_site for r in plane)
     goals = [
-        Goal("control-plane CPU, idle sites connected", cpu, cpu_limit, "% of a core",
-             cpu <= cpu_limit),
-        Goal("control-plane memory per site", memory, MEMORY_GOAL_KB_PER_SITE, "KiB",
-             memory <= MEMORY_GOAL_KB_PER_SITE),
+        Goal.at_most("control-plane CPU, idle sites connected", cpu, cpu_limit,
+                     unit="% of a core"),
+        Goal.at_most("control-plane memory per site", memory, MEMORY_GOAL_KB_PER_SITE,
+                     unit="KiB"),
     ]  # fmt: skip
     return Report(where, runs, asdict(sizes), heartbeat, connect_seconds, rows, goals)
 
 
-def machine(redis_url: str) -> dict[str, str]:
-    """What ran the benchmark, and when."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        version = str(client.info("server")["redis_version"])
-    finally:
-        client.close()
-    return {
-        "cores": str(os.cpu_count()),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "grpcio": grpc.__version__,
-        "redis-py": redis.__version__,
-        "redis-server": version,
-    }
+_COLUMNS = (
+    Column("process", 10, left=True),
+    Column("control plane", 13),
+    Column("cpu % empty", 11),
+    Column("cpu % connected", 15),
+    Column("RSS MiB empty", 13),
+    Column("RSS MiB connected", 17),
+    Column("KiB/site", 8),
+)
+
+
+def _cells(r: ProcessRow) -> list[str]:
+    return [
+        r.name, "yes" if r.control_plane else "no", f"{r.cpu_empty_percent:.2f}",
+        f"{r.cpu_percent:.2f}", f"{r.rss_empty_mb:.1f}", f"{r.rss_mb:.1f}", f"{r.kb_per_site:.1f}",
+    ]  # fmt: skip
 
 
 def table(rows: Sequence[ProcessRow]) -> str:
     """Rows as a fixed-width table."""
-    head = (
-        f"{'process':<10} {'control plane':>13} {'cpu % empty':>11} {'cpu % connected':>15} "
-        f"{'RSS MiB empty':>13} {'RSS MiB connected':>17} {'KiB/site':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r.name:<10} {'yes' if r.control_plane else 'no':>13} {r.cpu_empty_percent:>11.2f} "
-            f"{r.cpu_percent:>15.2f} {r.rss_empty_mb:>13.1f} {r.rss_mb:>17.1f} "
-            f"{r.kb_per_site:>8.1f}"
-        )
-    return "\n".join(lines)
+    return _table(_COLUMNS, map(_cells, rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,21 +433,14 @@ class Report:
     def text(self) -> str:
         m, s = self.machine, self.sizes
         lines = [
-            f"idle sites benchmark  {m['date']}  {m['cores']} cores  "
-            f"{m['implementation']} {m['python']}  ({m['platform']})",
-            f"grpcio {m['grpcio']}, redis-py {m['redis-py']}, redis-server {m['redis-server']}; "
+            *header("idle sites benchmark", m),
             f"{int(s['sites']):,} simulated sites, heartbeats every {self.heartbeat_seconds:g}s, "
             f"all connected in {self.connect_seconds:.1f}s; CPU: median of {self.runs} "
             f"window(s) of {s['seconds']:g}s",
             "",
             table(self.processes),
             "",
-            "goals",
-        ]
-        lines += [
-            f"  {g.name}: {g.value:.2f} {g.unit} (at most {g.limit:g}) "
-            f"{'pass' if g.passed else 'FAIL'}"
-            for g in self.goals
+            *goal_lines(self.goals),
         ]
         return "\n".join(lines)
 
@@ -499,22 +467,7 @@ def quick(redis_url: str) -> Report:
 
 def default_json_path(now: datetime.datetime | None = None) -> Path:
     """``bench/results/idle-sites-<UTC timestamp>.json``."""
-    stamp = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return Path("bench/results") / f"idle-sites-{stamp}.json"
-
-
-@contextlib.contextmanager
-def _redis(url: str | None) -> Iterator[str]:
-    """``url``, or a durable redis-server of our own in a temporary directory."""
-    if url is not None:
-        yield url
-        return
-    with tempfile.TemporaryDirectory(prefix="sg-bench-redis-") as tmp:
-        local = LocalRedis(Path(tmp))
-        try:
-            yield local.start()
-        finally:
-            local.stop()
+    return results_path("idle-sites", now)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -523,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.idle_sites",
         description="Measure what idle connected sites cost the control plane (CPU, memory).",
     )
-    parser.add_argument("--quick", action="store_true", help="a tiny run (a smoke test)")
+    add_arguments(parser, name="idle-sites", runs=3, runs_help="windows per phase (median)")
     parser.add_argument(
         "--sites", type=int, default=FULL.sites, help="simulated sites (default: %(default)s)"
     )
@@ -533,7 +486,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=FULL.seconds,
         help="length of one measurement window (default: %(default)s)",
     )
-    parser.add_argument("--runs", type=int, default=3, help="windows per phase (median)")
     parser.add_argument(
         "--heartbeat",
         type=float,
@@ -541,29 +493,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds between agent heartbeats (default: %(default)s)",
     )
     parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        help="where to write results (default: bench/results/idle-sites-<UTC time>.json)",
-    )
-    parser.add_argument(
         "--redis-url", default=None, help="a Redis to use (default: start a redis-server)"
     )
     args = parser.parse_args(argv)
     if args.sites < 1 or args.seconds <= 0 or args.runs < 1 or args.heartbeat <= 0:
         parser.error("--sites, --seconds, --runs and --heartbeat must be positive")
-    out: Path = args.json or default_json_path()
-    with _redis(args.redis_url) as url:
+    with own_redis(args.redis_url) as url:
         if args.quick:
             report = quick(url)
         else:
             sizes = replace(FULL, sites=args.sites, seconds=args.seconds)
             report = run(url, sizes=sizes, runs=args.runs, heartbeat=args.heartbeat,
                          progress=True)  # fmt: skip
-    print(report.text())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report.to_json())
-    print(f"\nwrote {out}")
+    emit(report, name="idle-sites", path=args.json)
     return 0
 
 

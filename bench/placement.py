@@ -15,11 +15,8 @@ jobs that got an outcome (placed, waiting or unschedulable); each row is the med
 from __future__ import annotations
 
 import argparse
-import datetime
 import heapq
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -28,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench._report import Column, Goal, add_arguments, emit, goal_lines, header, machine
+from bench._report import table as _table
 from orchestrator.jurisdictions import GROUPS
 from orchestrator.scheduler.model import (
     JobRequest,
@@ -77,16 +76,6 @@ class Row:
     waiting: int
     unschedulable: int
     preemptions: int
-
-
-@dataclass(frozen=True, slots=True)
-class Goal:
-    """A speed goal and whether this machine met it."""
-
-    name: str
-    value: float
-    target: str
-    passed: bool
 
 
 def build_sites(n: int, rng: random.Random) -> list[SiteView]:
@@ -348,16 +337,14 @@ def goals(rows: Sequence[Row], *, window: int) -> list[Goal]:
     for p in pendings:
         if (100, p) in by:
             rate = by[(100, p)].decisions_per_second
-            out.append(
-                Goal(f"decisions/s, 100 sites, {p} pending", rate, ">= 50,000", rate >= 50_000)
-            )
+            out.append(Goal.at_least(f"decisions/s, 100 sites, {p} pending", rate, 50_000))
     if len(site_counts) > 1:
         few, many = site_counts[0], site_counts[-1]
         for p in pendings:
             if (few, p) in by and (many, p) in by:
                 ratio = paired(by[(many, p)], by[(few, p)], per_decision=True)
                 name = f"cost per decision, {many} vs {few} sites, {p} pending"
-                out.append(Goal(name, ratio, "<= 2.0x", ratio <= 2.0))
+                out.append(Goal.at_most(name, ratio, 2.0, unit="x"))
     full = [p for p in pendings if p >= window]
     if len(full) > 1:
         for n in site_counts:
@@ -365,37 +352,37 @@ def goals(rows: Sequence[Row], *, window: int) -> list[Goal]:
             if base and big:
                 ratio = paired(big, base, per_decision=False)
                 name = f"cycle time, {big.pending} vs {base.pending} pending, {n} sites"
-                out.append(Goal(name, ratio, "<= 1.2x", ratio <= 1.2))
+                out.append(Goal.at_most(name, ratio, 1.2, unit="x"))
     return out
 
 
-def machine() -> dict[str, str]:
-    """What ran the benchmark."""
-    return {
-        "cores": str(os.cpu_count()),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+_COLUMNS = (
+    Column("sites", 6),
+    Column("pending", 9),
+    Column("window", 7),
+    Column("wall ms", 8),
+    Column("cpu ms", 7),
+    Column("decisions/s", 12),
+    Column("us/dec", 7),
+    Column("placed", 7),
+    Column("waiting", 7),
+    Column("unsched", 7),
+    Column("preempt", 7),
+)
+
+
+def _cells(r: Row) -> list[str]:
+    return [
+        str(r.sites), str(r.pending), str(r.window_jobs), f"{r.cycle_seconds * 1e3:.1f}",
+        f"{r.cpu_seconds * 1e3:.1f}", f"{r.decisions_per_second:,.0f}",
+        f"{r.us_per_decision:.2f}", str(r.placed), str(r.waiting), str(r.unschedulable),
+        str(r.preemptions),
+    ]  # fmt: skip
 
 
 def table(rows: Sequence[Row]) -> str:
     """Rows as a fixed-width table."""
-    head = (
-        f"{'sites':>6} {'pending':>9} {'window':>7} {'wall ms':>8} {'cpu ms':>7} "
-        f"{'decisions/s':>12} {'us/dec':>7} {'placed':>7} {'waiting':>7} {'unsched':>7} "
-        f"{'preempt':>7}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r.sites:>6} {r.pending:>9} {r.window_jobs:>7} {r.cycle_seconds * 1e3:>8.1f} "
-            f"{r.cpu_seconds * 1e3:>7.1f} "
-            f"{r.decisions_per_second:>12,.0f} {r.us_per_decision:>7.2f} {r.placed:>7} "
-            f"{r.waiting:>7} {r.unschedulable:>7} {r.preemptions:>7}"
-        )
-    return "\n".join(lines)
+    return _table(_COLUMNS, map(_cells, rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,17 +401,14 @@ class Report:
     def text(self) -> str:
         m = self.machine
         lines = [
-            f"placement benchmark  {m['date']}  {m['cores']} cores  "
-            f"{m['implementation']} {m['python']}  ({m['platform']})",
+            *header("placement benchmark", m),
             f"window {self.window} jobs, median of {self.runs} run(s) per row; "
             "decisions/s, us/dec and the goals use CPU time",
             "",
             table(self.rows),
             "",
+            *goal_lines(self.goals),
         ]
-        for g in self.goals:
-            verdict = "PASS" if g.passed else "FAIL"
-            lines.append(f"{verdict}  {g.name}: {g.value:,.2f} (goal {g.target})")
         return "\n".join(lines)
 
 
@@ -457,19 +441,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.placement", description="Benchmark the placement function."
     )
-    parser.add_argument("--quick", action="store_true", help="a tiny run (a smoke test)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
-    parser.add_argument("--runs", type=int, default=11, help="cycles per row (median); at least 3")
+    add_arguments(
+        parser,
+        name="placement",
+        runs=11,
+        runs_help="cycles per row (median); at least 3",
+        json_default=DEFAULT_JSON,
+    )
     parser.add_argument("--window", type=int, default=10_000, help="jobs per cycle")
     args = parser.parse_args(argv)
     if args.quick:
         report = quick()
     else:
         report = measure_all(window=args.window, runs=max(args.runs, 3), progress=True)
-    print(report.text())
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(report.to_json())
-    print(f"\nwrote {args.json}")
+    emit(report, name="placement", path=args.json)
     return 0
 
 

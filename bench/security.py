@@ -43,9 +43,7 @@ import asyncio
 import datetime
 import json
 import logging
-import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -53,11 +51,23 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
 
 import cryptography
-import grpc
 
+from bench._report import (
+    Column,
+    Ratio,
+    add_arguments,
+    emit,
+    header,
+    machine,
+    own_redis,
+    paired,
+    percentile,
+    rotated,
+    table,
+)
+from bench._report import default_json_path as results_path
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.api import ApiServer
 from orchestrator.config import RedisConfig, SecurityConfig, TlsFiles
@@ -66,7 +76,7 @@ from orchestrator.sdk import AsyncClient
 from orchestrator.security.certs import write_dev_pki
 from orchestrator.security.tokens import Kind, TokenSigner, TokenVerifier, write_key_pair
 from orchestrator.spec import JobSpec
-from orchestrator.store import JobStore, LocalRedis
+from orchestrator.store import JobStore
 
 __all__ = [
     "FULL",
@@ -82,8 +92,6 @@ __all__ = [
     "quick",
     "run",
 ]
-
-T = TypeVar("T")
 
 TENANT = "acme"
 RATE_PER_SECOND = 1e9
@@ -208,15 +216,6 @@ class ApiRow:
     """A plaintext client's first call: ``answered`` or the error class it raised."""
 
 
-@dataclass(frozen=True, slots=True)
-class Ratio:
-    """A figure of one configuration over the same figure of another, round by round."""
-
-    name: str
-    value: float
-    """Median of the per-round ratios."""
-
-
 @dataclass
 class _Tally:
     """Calls and seconds of one configuration in the current round."""
@@ -270,24 +269,6 @@ class _Api:
 async def connect(address: str, *, tls: TlsFiles | None, token: str | None) -> AsyncClient:
     """An SDK client of the server at ``address`` (its first call, a health check, answered)."""
     return await AsyncClient.connect(address, tls=tls, token=token, timeout=10)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
-
-
-def paired(a: Sequence[float], b: Sequence[float]) -> float:
-    """Median over rounds of a's figure over b's in the same round: a ratio that the drifts of
-    the machine's speed from round to round leave alone."""
-    return statistics.median(x / y for x, y in zip(a, b, strict=True))
-
-
-def rotated(items: Sequence[T], by: int) -> list[T]:
-    """``items`` starting at index ``by`` (mod their number)."""
-    k = by % len(items)
-    return [*items[k:], *items[:k]]
 
 
 async def outcome(call: Callable[[], Awaitable[object]]) -> str:
@@ -427,19 +408,6 @@ async def api_round(apis: Sequence[_Api], job_id: str, sizes: Sizes, round_: int
 # -- the whole run ------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
-    """What ran the benchmark, and when."""
-    return {
-        "cores": str(os.cpu_count()),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "grpcio": grpc.__version__,
-        "cryptography": cryptography.__version__,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def _forget(api: _Api) -> None:
     for runs in (api.get, api.p50, api.p99, api.concurrent, api.submit, api.connect):
         runs.clear()
@@ -461,7 +429,9 @@ async def measure(
 ) -> Report:
     """Start the three servers over ``redis_url`` (under a key prefix of their own, deleted
     afterwards), run a warm-up round and ``runs`` rounds, and report."""
-    where = machine()  # dated when the run starts
+    where = await asyncio.to_thread(  # dated when the run starts
+        machine, redis_url=redis_url, cryptography=cryptography.__version__
+    )
     prefix = f"bench-security-{os.getpid()}-{time.time_ns()}:"
     store = JobStore.from_config(RedisConfig(url=redis_url, prefix=prefix))
     servers: list[ApiServer] = []
@@ -613,27 +583,35 @@ def _yes(flag: bool) -> str:
 
 
 def token_table(rows: Sequence[TokenRow]) -> str:
-    head = f"{'token operation':<16} {'calls/round':>11} {'us/call':>9}"
-    lines = [head, "-" * len(head)]
-    lines += [f"{r.operation:<16} {r.calls:>11,} {r.us_per_call:>9.2f}" for r in rows]
-    return "\n".join(lines)
+    columns = (Column("token operation", 16, left=True), Column("calls/round", 11),
+               Column("us/call", 9))  # fmt: skip
+    return table(columns, ((r.operation, f"{r.calls:,}", f"{r.us_per_call:.2f}") for r in rows))
+
+
+def _api_cells(r: ApiRow) -> list[str]:
+    submit = f"{r.submit_per_second:,.0f}" if r.submit_per_second is not None else "-"
+    return [
+        r.name, _yes(r.tls), _yes(r.auth), f"{r.get_per_second:,.0f}", f"{r.get_p50_ms:.3f}",
+        f"{r.get_p99_ms:.3f}", f"{r.concurrent_per_second:,.0f}", submit, f"{r.connect_ms:.2f}",
+        r.without_token, r.plaintext_client,
+    ]  # fmt: skip
 
 
 def api_table(rows: Sequence[ApiRow], sizes: dict[str, int]) -> str:
-    conc = f"x{sizes['concurrency']} calls/s"
-    head = (
-        f"{'server':<10} {'tls':>3} {'auth':>4} {'GetJob/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{conc:>14} {'SubmitJob/s':>11} {'connect ms':>10}  {'no token':<22} plaintext client"
+    columns = (
+        Column("server", 10, left=True),
+        Column("tls", 3),
+        Column("auth", 4),
+        Column("GetJob/s", 9),
+        Column("p50 ms", 7),
+        Column("p99 ms", 7),
+        Column(f"x{sizes['concurrency']} calls/s", 14),
+        Column("SubmitJob/s", 11),
+        Column("connect ms", 10),
+        Column("no token", 22, left=True),
+        Column("plaintext client", 16, left=True),
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        submit = f"{r.submit_per_second:,.0f}" if r.submit_per_second is not None else "-"
-        lines.append(
-            f"{r.name:<10} {_yes(r.tls):>3} {_yes(r.auth):>4} {r.get_per_second:>9,.0f} "
-            f"{r.get_p50_ms:>7.3f} {r.get_p99_ms:>7.3f} {r.concurrent_per_second:>14,.0f} "
-            f"{submit:>11} {r.connect_ms:>10.2f}  {r.without_token:<22} {r.plaintext_client}"
-        )
-    return "\n".join(lines)
+    return table(columns, map(_api_cells, rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,11 +631,9 @@ class Report:
     def text(self) -> str:
         m, s = self.machine, self.sizes
         lines = [
-            f"security benchmark  {m['date']}  {m['cores']} cores  "
-            f"{m['implementation']} {m['python']}  ({m['platform']})",
-            f"grpcio {m['grpcio']}, cryptography {m['cryptography']}; median of {self.runs} "
-            "round(s), configurations interleaved in each round; client and servers in one "
-            "process on loopback",
+            *header("security benchmark", m),
+            f"median of {self.runs} round(s), configurations interleaved in each round; client "
+            "and servers in one process on loopback",
             "",
             token_table(self.tokens),
             "",
@@ -687,8 +663,7 @@ def quick(redis_url: str) -> Report:
 
 def default_json_path(now: datetime.datetime | None = None) -> Path:
     """``bench/results/security-<UTC timestamp>.json``."""
-    stamp = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return Path("bench/results") / f"security-{stamp}.json"
+    return results_path("security", now)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -697,34 +672,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.security",
         description="Benchmark token checks, TLS and the API's authentication.",
     )
-    parser.add_argument("--quick", action="store_true", help="a tiny run (a smoke test)")
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        help="where to write results (default: bench/results/security-<UTC time>.json)",
-    )
-    parser.add_argument("--runs", type=int, default=5, help="rounds (median); at least 3")
+    add_arguments(parser, name="security", runs=5, runs_help="rounds (median); at least 3")
     parser.add_argument(
         "--redis-url", default=None, help="a Redis to use (default: start a redis-server)"
     )
     args = parser.parse_args(argv)
-    out: Path = args.json or default_json_path()
-    local: LocalRedis | None = None
-    with tempfile.TemporaryDirectory(prefix="sg-bench-redis-") as tmp:
-        url = args.redis_url
-        if url is None:
-            local = LocalRedis(Path(tmp))
-            url = local.start()
-        try:
-            report = quick(url) if args.quick else run(url, runs=max(args.runs, 3), progress=True)
-        finally:
-            if local is not None:
-                local.stop()
-    print(report.text())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report.to_json())
-    print(f"\nwrote {out}")
+    with own_redis(args.redis_url) as url:
+        report = quick(url) if args.quick else run(url, runs=max(args.runs, 3), progress=True)
+    emit(report, name="security", path=args.json)
     return 0
 
 

@@ -13,11 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 __all__ = [
     "TRACEPARENT_KEY",
@@ -123,10 +128,23 @@ def start_span_from(
 def configure_tracing(service_name: str, env: Mapping[str, str]) -> bool:
     """Install a TracerProvider with exporters chosen by the standard ``OTEL_*`` variables.
 
-    ``OTEL_TRACES_EXPORTER`` is ``otlp``, ``console`` or ``none``; when unset, OTLP is used if
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set, else nothing is
-    exported. ``OTEL_SDK_DISABLED=true`` turns tracing off. Returns whether a provider was
-    installed. Call once, from an entrypoint.
+    ``OTEL_TRACES_EXPORTER`` is ``otlp``, ``console``, ``memory`` or ``none``; when unset, OTLP
+    is used if ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set, else
+    nothing is exported. ``OTEL_SDK_DISABLED=true`` turns tracing off. Returns whether a
+    provider was installed. Call once, from an entrypoint.
+
+    ``memory`` is for benchmarks and tests (``orchestrator.tracing_memory``): spans are made,
+    sampled and batched as for a real exporter, then kept in this process's memory (the last
+    10,000; all are counted, so a long run's memory stays bounded). With
+    ``SG_TRACES_MEMORY_REPORT=<directory>`` the process writes there, when it exits,
+    ``<service>-<pid>.json``: its sampler and how many spans it recorded.
+
+    The sampler is ``OTEL_TRACES_SAMPLER`` (and ``OTEL_TRACES_SAMPLER_ARG``) as the SDK names
+    them: ``always_on``, ``always_off``, ``traceidratio``, ``parentbased_always_on`` (the
+    default), ``parentbased_always_off``, ``parentbased_traceidratio``. The SDK's
+    ``TracerProvider()`` would read them from ``os.environ`` itself; they are read from ``env``
+    here, so that a process given its tracing settings as a mapping (a Ray actor) samples as
+    told.
     """
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
@@ -147,7 +165,7 @@ def configure_tracing(service_name: str, env: Mapping[str, str]) -> bool:
         SpanExporter,
     )
 
-    exporter: SpanExporter
+    exporter: SpanExporter | None = None
     if exporter_name == "console":
         exporter = ConsoleSpanExporter()
     elif exporter_name == "otlp":
@@ -164,11 +182,63 @@ def configure_tracing(service_name: str, env: Mapping[str, str]) -> bool:
             )
 
             exporter = GrpcExporter()
-    else:
+    elif exporter_name != "memory":
         log.warning("OTEL_TRACES_EXPORTER=%s is not supported; tracing is off", exporter_name)
         return False
     name = env.get("OTEL_SERVICE_NAME", service_name)
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    sampler = _sampler(env)
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}), sampler=sampler)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    else:
+        from orchestrator import tracing_memory
+
+        report = env.get("SG_TRACES_MEMORY_REPORT", "").strip()
+        tracing_memory.install(provider, service=name, report_dir=Path(report) if report else None)
     trace.set_tracer_provider(provider)
+    log.info(
+        "tracing: %s exporter, sampler %s, service %s",
+        exporter_name, sampler.get_description(), name,
+    )  # fmt: skip
     return True
+
+
+_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+def _sampler(env: Mapping[str, str]) -> Sampler:
+    """The sampler ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG`` name, as the SDK
+    reads them (an unknown name: the default, ``parentbased_always_on``; a ratio that is not
+    a number in 0..1: 1.0), but from ``env``."""
+    from opentelemetry.sdk.trace import sampling
+
+    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    if name not in _SAMPLERS:
+        log.warning("OTEL_TRACES_SAMPLER=%s is not known; using parentbased_always_on", name)
+        name = "parentbased_always_on"
+    rate = 1.0
+    if name.endswith("traceidratio"):
+        raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+        try:
+            rate = float(raw) if raw else 1.0
+        except ValueError:
+            rate = float("nan")
+        if not 0.0 <= rate <= 1.0:  # NaN included
+            log.warning("OTEL_TRACES_SAMPLER_ARG=%s is not a ratio in 0..1; using 1.0", raw)
+            rate = 1.0
+    samplers: dict[str, Sampler] = {
+        "always_on": sampling.ALWAYS_ON,
+        "always_off": sampling.ALWAYS_OFF,
+        "traceidratio": sampling.TraceIdRatioBased(rate),
+        "parentbased_always_on": sampling.ParentBased(sampling.ALWAYS_ON),
+        "parentbased_always_off": sampling.ParentBased(sampling.ALWAYS_OFF),
+        "parentbased_traceidratio": sampling.ParentBasedTraceIdRatio(rate),
+    }
+    return samplers[name]

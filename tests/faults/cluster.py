@@ -43,6 +43,7 @@ from typing import Any, Literal, Self, TypeVar
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import RedisConfig
 from orchestrator.dispatch.dispatcher import owner_of
+from orchestrator.processes import stop_process
 from orchestrator.sitefile import SiteConfig
 from orchestrator.store import JobStore, LocalRedis, free_port
 from orchestrator.validation import normalize_site
@@ -166,11 +167,8 @@ class _Proc:
         return self.popen.poll() is None
 
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=10)
+        """SIGKILL it (a crash: no clean stop) and reap it."""
+        stop_process(self.popen, timeout=10, first=signal.SIGKILL)
         self.stopped = False
 
 

@@ -97,7 +97,7 @@ def test_main_prints_the_table_and_writes_json(
         "rss_mb",
         "kb_per_site",
     }
-    assert set(doc["goals"][0]) == {"name", "value", "limit", "unit", "passed"}
+    assert set(doc["goals"][0]) == {"name", "value", "target", "limit", "unit", "passed"}
 
 
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

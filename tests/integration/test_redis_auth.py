@@ -4,15 +4,13 @@ prefix, and TLS with client certificates.
 The redis-server used here is built without TLS, so ``rediss://`` goes through a small
 TLS-terminating proxy (below) in front of a plain redis-server; the proxy requires and verifies
 a client certificate, as a Redis with ``tls-auth-clients yes`` does. Certificates are made per
-module with ``cryptography``.
+module with the project's own PKI helpers (``orchestrator.security.certs``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
-import ipaddress
 import logging
 import secrets
 import ssl
@@ -28,15 +26,13 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import RedisConfig
 from orchestrator.errors import StoreUnavailableError
 from orchestrator.processes import stop_process
+from orchestrator.security.certs import create_ca, issue_certificate
+from orchestrator.security.files import write_atomically
 from orchestrator.states import JobState
 from orchestrator.store import EpochGuard, JobStore, LocalRedis, find_redis_server, free_port
 from orchestrator.validation import normalize_spec
@@ -235,112 +231,35 @@ class Pki:
     client_key: Path
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
-def _make_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _issue(
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
-    cn: str,
-    *,
-    server: bool,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return builder.sign(ca_key, hashes.SHA256()), key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A CA, a server certificate for 127.0.0.1 and a client certificate it issued, and a
     second CA that issued neither."""
     d = tmp_path_factory.mktemp("pki")
-    ca = _make_ca("sg test redis CA")
-    other_ca, _ = _make_ca("some other CA")
-    files: dict[str, Path] = {}
-    for name, cert in (("ca", ca[0]), ("other-ca", other_ca)):
-        files[name] = d / f"{name}.pem"
-        files[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    for name, server in (("server", True), ("client", False)):
-        cert, key = _issue(ca, f"sg-{name}", server=server)
-        files[name] = d / f"{name}.pem"
-        files[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        files[f"{name}-key"] = d / f"{name}-key.pem"
-        _write_key(key, files[f"{name}-key"])
+    ca_pem, ca_key_pem = create_ca("sg test redis CA", days=1)
+    other_ca_pem, _ = create_ca("some other CA", days=1)
+    server = issue_certificate(
+        ca_pem, ca_key_pem, common_name="sg-server", dns_names=[], ip_addresses=["127.0.0.1"],
+        server_auth=True, client_auth=False, days=1,
+    )  # fmt: skip
+    client = issue_certificate(
+        ca_pem, ca_key_pem, common_name="sg-client", dns_names=["sg-client"],
+        server_auth=False, client_auth=True, days=1,
+    )  # fmt: skip
+    files = {
+        "ca.pem": (ca_pem, 0o644),
+        "other-ca.pem": (other_ca_pem, 0o644),
+        "server.pem": (server[0], 0o644),
+        "server-key.pem": (server[1], 0o600),
+        "client.pem": (client[0], 0o644),
+        "client-key.pem": (client[1], 0o600),
+    }
+    for name, (data, mode) in files.items():
+        write_atomically(d / name, data, mode=mode)
     return Pki(
-        ca=files["ca"], other_ca=files["other-ca"], server_cert=files["server"],
-        server_key=files["server-key"], client_cert=files["client"],
-        client_key=files["client-key"],
+        ca=d / "ca.pem", other_ca=d / "other-ca.pem", server_cert=d / "server.pem",
+        server_key=d / "server-key.pem", client_cert=d / "client.pem",
+        client_key=d / "client-key.pem",
     )  # fmt: skip
 
 

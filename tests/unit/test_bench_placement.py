@@ -48,7 +48,7 @@ def test_main_prints_a_table_and_writes_json(
     assert main(["--quick", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "decisions/s" in printed and "cores" in printed and str(out) in printed
-    assert any(line.startswith(("PASS", "FAIL")) for line in printed.splitlines())
+    assert any(line.startswith(("  PASS", "  FAIL")) for line in printed.splitlines())
     doc = json.loads(out.read_text())
     assert set(doc) == {"machine", "window", "runs", "rows", "goals"}
     assert set(doc["rows"][0]) == {
@@ -65,4 +65,4 @@ def test_main_prints_a_table_and_writes_json(
         "unschedulable",
         "preemptions",
     }
-    assert set(doc["goals"][0]) == {"name", "value", "target", "passed"}
+    assert set(doc["goals"][0]) == {"name", "value", "target", "limit", "unit", "passed"}
