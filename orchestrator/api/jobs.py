@@ -41,7 +41,7 @@ _REASONS = {
     reason: service_pb2.PlacementReason.Value(f"PLACEMENT_REASON_{reason.name}")
     for reason in Reason
 }
-_EVENT_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_EVENT_ID_RE = re.compile(r"^[0-9]{1,9}$")
 _MAX_PAGE_SIZE = 1000
 
 
