@@ -635,7 +635,7 @@ async def _queue_depths(
         if pending < depth:
             raise E2EError(f"{depth} jobs queued but only {pending} pending: they were placed")
         record = await store.client.memory_usage(store.keys.job(last), samples=0)
-        events = await store.client.memory_usage(store.keys.job_events(last), samples=0)
+        events = await store.client.memory_usage(f"{store.keys.job(last)}:ev", samples=0)
         memory.append(
             QueueMemory(
                 queued=depth,

@@ -53,7 +53,13 @@ from orchestrator.security.certs import site_server_name
 from orchestrator.security.tls import channel_credentials, channel_options_for
 from orchestrator.states import JobState
 from orchestrator.store import Ack, Assignment, HeldAttempt, JobStore, StatusReport
-from orchestrator.tracing import get_tracer, span_traceparent, start_span_from
+from orchestrator.tracing import (
+    get_tracer,
+    span_traceparent,
+    start_span_from,
+    tracing_active,
+    wants_span,
+)
 
 __all__ = ["Dispatcher", "DispatcherOptions", "owner_of"]
 
@@ -434,8 +440,21 @@ class _SiteLink:
         return len(batch) >= _BATCH
 
     def _dispatch_batch(self, batch: Sequence[Assignment]) -> agent_pb2.DispatchBatch:
+        """The message for a batch, with a ``dispatcher.dispatch`` span in each job's trace
+        (only where the trace could record it: see ``wants_span``; otherwise the assignment
+        carries the job's own traceparent, so the agent's spans still join the job's trace)."""
         out = agent_pb2.DispatchBatch()
+        active = tracing_active()
         for a in batch:
+            if not wants_span(a.traceparent, active=active):
+                item = out.assignments.add(
+                    job_id=a.job_id,
+                    attempt=a.attempt,
+                    traceparent=a.traceparent,
+                    gpu_type=a.gpu_type,
+                )
+                item.spec.ParseFromString(a.spec)
+                continue
             with start_span_from(
                 tracer,
                 "dispatcher.dispatch",

@@ -23,19 +23,27 @@ local function holds(list, item)
   return list ~= '' and string.find(list, ',' .. item .. ',', 1, true) ~= nil
 end
 
--- The job's status fields as a table, or nil when there is no such job. extra: more fields
--- to read in the same call (added to the table under their own names).
-local function load_job(p, id, extra)
-  local names = JOB_FIELDS
-  if extra then
-    names = {unpack(JOB_FIELDS)}
-    for _, name in ipairs(extra) do names[#names + 1] = name end
-  end
+-- The job's status fields as a table, or nil when there is no such job. names: the fields
+-- to read (default JOB_FIELDS; the first must be 'state'). Hot paths read only what they use:
+-- a field costs a scan of the record (a listpack) in HMGET, 24 of them some 6 us per job.
+local function load_job(p, id, names)
+  names = names or JOB_FIELDS
   local v = redis.call('HMGET', p .. 'job:' .. id, unpack(names))
   if not v[1] then return nil end
   local j = {}
   for i, name in ipairs(names) do j[name] = v[i] or '' end
   return j
+end
+
+-- Read the rest of JOB_FIELDS into j (loaded with fewer names), before a full transition.
+local function load_rest(p, id, j)
+  local names = {}
+  for _, name in ipairs(JOB_FIELDS) do
+    if j[name] == nil then names[#names + 1] = name end
+  end
+  if #names == 0 then return end
+  local v = redis.call('HMGET', p .. 'job:' .. id, unpack(names))
+  for i, name in ipairs(names) do j[name] = v[i] or '' end
 end
 
 local function is_terminal(state)

@@ -9,6 +9,8 @@
 --          'policy'; 'capacity' (GPUs, CPUs or memory); 'power'; 'surplus'; 'quota'
 local p, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local out, touched = {}, {}
+local COMMIT = {'state', 'attempt', 'unsched', 'cancel', 'allowed', 'excl', 'tenant', 'r_gpus',
+                'r_cpus', 'r_mem', 'queue', 'prio', 'h'}
 BUFFERED = true  -- counters: read once per site and tenant, kept here, written once (flush)
 
 -- What this call read of sites and tenants, and what it changed since (kept current here).
@@ -104,7 +106,7 @@ end
 
 for i = 4, #ARGV, 5 do
   local id, attempt, site, gt, watts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  local j = load_job(p, id)
+  local j = load_job(p, id, COMMIT)
   local code, jur, nonhome
   if j and j.state == '1' and j.attempt == attempt then
     code, jur, nonhome = check(j, site, gt, watts)

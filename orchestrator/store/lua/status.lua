@@ -11,9 +11,10 @@
 local p, site, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
 BUFFERED = true
+local STATUS = {'state', 'attempt', 'site', 'cancel', 'h'}
 for i = 5, #ARGV, 5 do
   local id, attempt, new, exit_code, msg = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local j = load_job(p, id)
+  local j = load_job(p, id, STATUS)
   local code = 'stale'
   if j and j.site == site and j.attempt == attempt then
     local cur = j.state
@@ -28,6 +29,7 @@ for i = 5, #ARGV, 5 do
         code = 'dup'
       end
     elseif new == '9' and (cur == '3' or cur == '4' or cur == '8') then
+      load_rest(p, id, j)
       -- the agent stopped the attempt itself (its lease ran out): not the job's failure
       if j.cancel == '1' then
         finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now)
@@ -37,6 +39,7 @@ for i = 5, #ARGV, 5 do
       end
       code = 'retry'
     elseif (new == '5' or new == '6' or new == '7') and (cur == '3' or cur == '4' or cur == '8') then
+      load_rest(p, id, j)
       local fails = (tonumber(j.fails) or 0) + (new == '6' and 1 or 0)
       if j.cancel == '1' then
         finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now)

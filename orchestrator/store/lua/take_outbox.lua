@@ -7,7 +7,7 @@
 local p, site, now, maxlen, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local skey = p .. 'site:' .. site
 local out = {}
-local WITH_SPEC = {'spec', 'tp'}
+local TAKE = {'state', 'attempt', 'site', 'gpu_type', 'spec', 'tp', 'h'}
 local function add(id, j)
   out[#out + 1] = id
   out[#out + 1] = j.attempt
@@ -17,7 +17,7 @@ local function add(id, j)
 end
 if ARGV[6] == '1' then
   for _, id in ipairs(redis.call('ZRANGE', skey .. ':inflight', 0, -1)) do
-    local j = load_job(p, id, WITH_SPEC)
+    local j = load_job(p, id, TAKE)
     if j and j.state == '3' and j.site == site then add(id, j)
     else redis.call('ZREM', skey .. ':inflight', id) end
   end
@@ -29,7 +29,7 @@ if #ids > 0 then
   end
   local inflight = {}
   for _, id in ipairs(ids) do
-    local j = load_job(p, id, WITH_SPEC)
+    local j = load_job(p, id, TAKE)
     if j and j.state == '2' and j.site == site then
       redis.call('HSET', p .. 'job:' .. id, 'state', '3', 'updated', now,
                  'reason', 'sent to ' .. site,
