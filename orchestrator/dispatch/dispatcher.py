@@ -482,10 +482,19 @@ class _SiteLink:
                 raise ConnectionError(f"site {self.site_id}: agent closed the stream")
             kind = msg.WhichOneof("kind")
             if kind == "acks":
-                acks = [Ack(a.job_id, a.attempt, a.accepted, a.reason) for a in msg.acks.acks]
-                codes = await self.store.record_acks(self.site_id, acks)
-                for ack, code in zip(acks, codes, strict=True):
-                    if not ack.accepted:
+                # Only refusals go to the store. An accepted assignment stays in the site's
+                # in-flight set until the agent reports it RUNNING (status.lua takes it out):
+                # were the stream to break before that, it is sent again, and the agent, which
+                # dedups on (job, attempt), keeps the one it has. Recording every acceptance
+                # would cost a store call and a record read per job for nothing else.
+                refused = [
+                    Ack(a.job_id, a.attempt, False, a.reason)
+                    for a in msg.acks.acks
+                    if not a.accepted
+                ]
+                if refused:
+                    codes = await self.store.record_acks(self.site_id, refused)
+                    for ack, code in zip(refused, codes, strict=True):
                         log.warning(
                             "site %s refused %s/%d: %s (%s)",
                             self.site_id, ack.job_id, ack.attempt, ack.reason, code,
