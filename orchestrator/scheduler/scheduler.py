@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from opentelemetry.trace import Link
@@ -20,7 +20,7 @@ from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import SchedulerConfig
 from orchestrator.crashpoints import crash_point
 from orchestrator.errors import StoreUnavailableError
-from orchestrator.scheduler.model import PlacementResult
+from orchestrator.scheduler.model import JobRequest, PlacementResult, TenantView
 from orchestrator.scheduler.placement import DefaultPolicy, Policy
 from orchestrator.scheduler.snapshot import job_request, read_snapshot, read_tenants
 from orchestrator.store import Decision, EpochGuard, JobStore, PendingJob, SiteRecord, Victim
@@ -69,6 +69,8 @@ class Scheduler:
         self._jobs: dict[str, PendingJob] = {}
         """The pending jobs of the window as last read: each is read once while it stays in
         the window (a job whose attempt moved on is dropped when its commit says stale)."""
+        self._requests: dict[str, JobRequest] = {}
+        """Their placement views, built once (again if the tenant's country changes)."""
         self._waiting: dict[str, str] = {}
         self.cycles = 0
         self.placed_total = 0
@@ -89,17 +91,14 @@ class Scheduler:
         in_window = {job_id for job_id, _ in order}
         for job_id in [j for j in self._jobs if j not in in_window]:
             del self._jobs[job_id]  # the cache stays bounded by the window
+            self._requests.pop(job_id, None)
         for job_id in [j for j in self._waiting if j not in in_window]:
             del self._waiting[job_id]
         tenants = await read_tenants(self.store)
         await self._refresh_offers()
         records = await self.store.site_records()
         await self._lose_silent_sites(records)
-        jobs = [
-            job_request(job_id, c.attempt, c.spec, submit_order=score, tenants=tenants)
-            for job_id, score in order
-            if (c := self._jobs.get(job_id)) is not None
-        ]
+        jobs = self._window_requests(order, tenants)
         snapshot = await read_snapshot(
             self.store,
             jobs,
@@ -137,6 +136,7 @@ class Scheduler:
             for d, code in zip(decisions, codes, strict=True):
                 if code in ("ok", "stale"):  # placed, or its attempt moved on: read it again
                     self._jobs.pop(d.job_id, None)
+                    self._requests.pop(d.job_id, None)
             for job_id, _, reason in changed:
                 self._waiting[job_id] = reason
             placed = sum(1 for c in codes if c == "ok")
@@ -156,6 +156,32 @@ class Scheduler:
             unschedulable=marked,
             seconds=time.perf_counter() - started,
         )
+
+    def _window_requests(
+        self, order: Sequence[tuple[str, float]], tenants: Mapping[str, TenantView]
+    ) -> list[JobRequest]:
+        """The placement views of the window's jobs, in queue order (from the caches)."""
+        out = []
+        requests = self._requests
+        for job_id, score in order:
+            cached = self._jobs.get(job_id)
+            if cached is None:
+                continue
+            req = requests.get(job_id)
+            tenant = tenants.get(cached.spec.tenant)
+            country = tenant.country if tenant else ""
+            if (
+                req is None
+                or req.attempt != cached.attempt
+                or req.submit_order != score
+                or req.tenant_country != country
+            ):
+                req = job_request(
+                    job_id, cached.attempt, cached.spec, submit_order=score, tenants=tenants
+                )
+                requests[job_id] = req
+            out.append(req)
+        return out
 
     async def _refresh_offers(self) -> None:
         """Apply capacity offers' hour windows (``JobStore.refresh_offers``) once a minute and at

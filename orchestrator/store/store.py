@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 EVENTS_MAXLEN = 20_000
 """Entries kept in the global events stream (each holds up to 100 events: see lua/_lib.lua)."""
 IDEMPOTENCY_TTL_SECONDS = 7 * 24 * 3600
+_READ_PER_CALL = 5_000  # job ids per read script call (Lua's unpack and reply sizes stay small)
 _CLASS_SPAN = 10**13  # ms; pending score = (CRITICAL - class) * span + submit ms
 _LIST_SCAN = 500
 _SUBMIT_SPACES = 10  # separators in submit.lua's per-job fields string
@@ -1193,18 +1194,18 @@ class JobStore:
 
     async def pending_jobs(self, job_ids: Sequence[str]) -> dict[str, PendingJob]:
         """Spec, traceparent and attempt of those of ``job_ids`` that are PENDING, in one
-        pipelined read (for the scheduler's cache of its window)."""
-        with self._unavailable():
-            async with self.client.pipeline(transaction=False) as pipe:
-                for jid in job_ids:
-                    pipe.hmget(self.keys.job(jid), "spec", "tp", "attempt", "state")
-                rows = await pipe.execute()
+        script call per 5,000 (for the scheduler's cache of its window)."""
         out = {}
-        for jid, (raw, tp, attempt, state) in zip(job_ids, rows, strict=True):
-            if raw is not None and state == b"1":
-                spec = types_pb2.JobSpec()
-                spec.ParseFromString(raw)
-                out[jid] = PendingJob(spec, _s(tp), int(attempt))
+        for i in range(0, len(job_ids), _READ_PER_CALL):
+            chunk = job_ids[i : i + _READ_PER_CALL]
+            with self._unavailable():
+                flat = await self._scripts.run("read_pending", [self.prefix, *chunk])
+            for n, jid in enumerate(chunk):
+                raw = flat[3 * n]
+                if raw:  # Lua false arrives as None
+                    spec = types_pb2.JobSpec()
+                    spec.ParseFromString(raw)
+                    out[jid] = PendingJob(spec, _s(flat[3 * n + 1]), int(flat[3 * n + 2]))
         return out
 
     async def job_specs(self, job_ids: Sequence[str]) -> dict[str, tuple[types_pb2.JobSpec, str]]:
