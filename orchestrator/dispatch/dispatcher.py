@@ -93,7 +93,7 @@ class DispatcherOptions:
     """How many dispatchers share the sites."""
     dispatcher_id: str = "dispatcher-0"
     """Name recorded on the sites it holds, for operators."""
-    heartbeat_interval_seconds: float = 1.0
+    heartbeat_interval_seconds: float = 5.0
     """Heartbeat period asked of agents."""
     lease_seconds: float = 0.0
     """Lease period given to agents: one stops its attempts itself when no renewal came for
@@ -271,11 +271,15 @@ class _SiteLink:
                 log.exception("site %s: stream failed", self.site_id)
             finally:
                 if self.connected:
-                    self.connected = False
-                    with contextlib.suppress(StoreUnavailableError):
-                        await self.store.record_disconnect(
-                            self.site_id, dispatcher_id=self.opts.dispatcher_id
-                        )
+                    # connected (what connected_sites reports) stays set until the store has
+                    # the disconnect too, so the two never disagree for a reader that waits
+                    try:
+                        with contextlib.suppress(StoreUnavailableError):
+                            await self.store.record_disconnect(
+                                self.site_id, dispatcher_id=self.opts.dispatcher_id
+                            )
+                    finally:
+                        self.connected = False
             if self.greeted:
                 backoff = _MIN_BACKOFF
             await asyncio.sleep(backoff)
