@@ -37,6 +37,7 @@ server (the health service and nothing else) in a process of its own or in this 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import shutil
@@ -686,18 +687,20 @@ class EventTail:
     def _take(self, entries: list[Any]) -> None:
         running, succeeded, states = self.running, self.succeeded, self.states
         for _, fields in entries:
-            # emit() in orchestrator/store/lua/_lib.lua: job, state, attempt, site, msg, t, ...
+            # flush_events() in orchestrator/store/lua/_lib.lua: job, state, attempt, site, msg, t
             if len(fields) >= 12 and fields[0] == b"job" and fields[10] == b"t":
                 job, state, attempt, t = fields[1], fields[3], fields[5], fields[11]
             else:
                 f = dict(zip(fields[::2], fields[1::2], strict=False))
                 job, state = f.get(b"job", b""), f.get(b"state", b"")
                 attempt, t = f.get(b"attempt", b""), f.get(b"t", b"")
-            states[state] += 1
+            # an entry holds the events of one state for many jobs: ids and attempts by spaces
+            jobs = job.split(b" ")
+            states[state] += len(jobs)
             if state == RUNNING:
-                running.append((job, attempt, t))
+                running.extend(zip(jobs, attempt.split(b" "), itertools.repeat(t)))
             elif state == SUCCEEDED:
-                succeeded.append((job, attempt, t))
+                succeeded.extend(zip(jobs, attempt.split(b" "), itertools.repeat(t)))
         self.read += len(entries)
         self.cursor = bytes(entries[-1][0])
 

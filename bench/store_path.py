@@ -5,7 +5,7 @@
 One process drives the store (``JobStore``) through the calls the control plane makes for a
 job, in batches as the roles make them, against a redis-server of its own with the durable
 settings of ``LocalRedis`` (``appendfsync always``): ``submit_many``; the scheduler's
-``pending_window`` and ``job_specs``, then ``commit`` (every job to one of ``--sites`` sites,
+``pending_order`` and ``pending_jobs``, then ``commit`` (every job to one of ``--sites`` sites,
 dealt out in turn); the dispatcher's ``take_outbox`` per site; the agent's answers through
 ``record_acks``, then ``apply_status`` RUNNING, then SUCCEEDED. No placement, no gRPC: what is
 left is the store's own cost, which every end-to-end job pays.
@@ -97,13 +97,13 @@ async def _round(store: JobStore, jobs: int, batch: int, sites: Sequence[str]) -
 
     async def schedule() -> None:
         while True:
-            refs = await store.pending_window(batch)
-            if not refs:
+            order = await store.pending_order(batch)  # as the scheduler reads its window
+            if not order:
                 return
-            await store.job_specs([r.job_id for r in refs])
+            jobs = await store.pending_jobs([job_id for job_id, _ in order])
             decisions = [
-                Decision(r.job_id, r.attempt, sites[n % len(sites)], "H100", 700)
-                for n, r in enumerate(refs)
+                Decision(job_id, jobs[job_id].attempt, sites[n % len(sites)], "H100", 700)
+                for n, (job_id, _) in enumerate(order)
             ]
             codes = await store.commit(decisions)
             if any(c != "ok" for c in codes):

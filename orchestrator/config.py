@@ -344,8 +344,10 @@ class ControlPlaneConfig:
     """An existing Ray cluster to join; None starts a local Ray instance."""
     ray_namespace: str = "sovereign-grid"
     """Ray namespace of the control plane's named actors."""
-    heartbeat_interval_seconds: float = 1.0
-    """Seconds between agent heartbeats asked for on each stream."""
+    heartbeat_interval_seconds: float = 5.0
+    """Seconds between agent heartbeats asked for on each stream. Each renews the site's lease,
+    so it only needs to be well inside ``lost_after`` (60 s): at 5 s a thousand idle connected
+    sites cost the control plane about 4% of a core, at 1 s about a quarter of one."""
     kill_grace_seconds: float = 3.0
     """Seconds between SIGTERM and SIGKILL when a job is cancelled."""
     state_dir: Path = Path(".sg")
@@ -359,6 +361,7 @@ class ControlPlaneConfig:
         """Read ``SG_*`` variables; unset ones keep their defaults."""
         base = cls()
         scheduler = SchedulerConfig()
+        heartbeat = base.heartbeat_interval_seconds
         if env.get("SG_LOST_AFTER"):
             lost_after = _seconds(env, "SG_LOST_AFTER")
             scheduler = dataclasses.replace(
@@ -367,14 +370,14 @@ class ControlPlaneConfig:
                 # no new work for a site silent for a while, well before it is declared lost
                 site_stale_after_seconds=min(scheduler.site_stale_after_seconds, lost_after / 2),
             )
+            # a dozen heartbeats per lost_after, as the defaults have (5 s in 60 s)
+            heartbeat = min(heartbeat, lost_after / 12)
+        if env.get("SG_HEARTBEAT_INTERVAL"):
+            heartbeat = _seconds(env, "SG_HEARTBEAT_INTERVAL")
         return cls(
             redis=RedisConfig.from_env(env),
             scheduler=scheduler,
-            heartbeat_interval_seconds=(
-                _seconds(env, "SG_HEARTBEAT_INTERVAL")
-                if env.get("SG_HEARTBEAT_INTERVAL")
-                else base.heartbeat_interval_seconds
-            ),
+            heartbeat_interval_seconds=heartbeat,
             kill_grace_seconds=(
                 _seconds(env, "SG_KILL_GRACE")
                 if env.get("SG_KILL_GRACE")

@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from orchestrator._pb.orchestrator.v1 import service_pb2, service_pb2_grpc, types_pb2
 from orchestrator.api.auth import current_principal
+from orchestrator.api.coalesce import SubmitCoalescer
 from orchestrator.api.logs import LogProxy
 from orchestrator.errors import InvalidSpecError, PermissionDeniedError
 from orchestrator.scheduler.explain import explain_job
@@ -41,7 +42,7 @@ _REASONS = {
     reason: service_pb2.PlacementReason.Value(f"PLACEMENT_REASON_{reason.name}")
     for reason in Reason
 }
-_EVENT_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_EVENT_ID_RE = re.compile(r"^[0-9]{1,9}$")
 _MAX_PAGE_SIZE = 1000
 
 
@@ -105,6 +106,8 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
     def __init__(self, store: JobStore, *, logs: LogProxy) -> None:
         self._store = store
         self._logs = logs
+        self._submits = SubmitCoalescer(store)
+        """Concurrent single submits share store writes (see ``orchestrator.api.coalesce``)."""
 
     async def _visible_job(self, job_id: str) -> types_pb2.Job:
         """The job, if the caller may see it (else JobNotFoundError, as if there were none)."""
@@ -124,9 +127,9 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
             span.set_attributes(
                 {"job.tenant": spec.tenant, "job.queue": spec.queue, "job.name": spec.name}
             )
-            job, deduplicated = await self._store.submit(spec, traceparent=current_traceparent())
+            job, deduplicated = await self._submits.submit(spec, current_traceparent())
             span.set_attributes({"job.id": job.id, "job.deduplicated": deduplicated})
-        log.info("submitted %s (%s/%s) dedup=%s", job.id, spec.tenant, spec.name, deduplicated)
+        log.debug("submitted %s (%s/%s) dedup=%s", job.id, spec.tenant, spec.name, deduplicated)
         return service_pb2.SubmitJobResponse(job=job, deduplicated=deduplicated)
 
     async def SubmitJobs(

@@ -53,7 +53,13 @@ from orchestrator.security.certs import site_server_name
 from orchestrator.security.tls import channel_credentials, channel_options_for
 from orchestrator.states import JobState
 from orchestrator.store import Ack, Assignment, HeldAttempt, JobStore, StatusReport
-from orchestrator.tracing import get_tracer, span_traceparent, start_span_from
+from orchestrator.tracing import (
+    get_tracer,
+    span_traceparent,
+    start_span_from,
+    tracing_active,
+    wants_span,
+)
 
 __all__ = ["Dispatcher", "DispatcherOptions", "owner_of"]
 
@@ -87,7 +93,7 @@ class DispatcherOptions:
     """How many dispatchers share the sites."""
     dispatcher_id: str = "dispatcher-0"
     """Name recorded on the sites it holds, for operators."""
-    heartbeat_interval_seconds: float = 1.0
+    heartbeat_interval_seconds: float = 5.0
     """Heartbeat period asked of agents."""
     lease_seconds: float = 0.0
     """Lease period given to agents: one stops its attempts itself when no renewal came for
@@ -265,11 +271,15 @@ class _SiteLink:
                 log.exception("site %s: stream failed", self.site_id)
             finally:
                 if self.connected:
-                    self.connected = False
-                    with contextlib.suppress(StoreUnavailableError):
-                        await self.store.record_disconnect(
-                            self.site_id, dispatcher_id=self.opts.dispatcher_id
-                        )
+                    # connected (what connected_sites reports) stays set until the store has
+                    # the disconnect too, so the two never disagree for a reader that waits
+                    try:
+                        with contextlib.suppress(StoreUnavailableError):
+                            await self.store.record_disconnect(
+                                self.site_id, dispatcher_id=self.opts.dispatcher_id
+                            )
+                    finally:
+                        self.connected = False
             if self.greeted:
                 backoff = _MIN_BACKOFF
             await asyncio.sleep(backoff)
@@ -434,8 +444,21 @@ class _SiteLink:
         return len(batch) >= _BATCH
 
     def _dispatch_batch(self, batch: Sequence[Assignment]) -> agent_pb2.DispatchBatch:
+        """The message for a batch, with a ``dispatcher.dispatch`` span in each job's trace
+        (only where the trace could record it: see ``wants_span``; otherwise the assignment
+        carries the job's own traceparent, so the agent's spans still join the job's trace)."""
         out = agent_pb2.DispatchBatch()
+        active = tracing_active()
         for a in batch:
+            if not wants_span(a.traceparent, active=active):
+                item = out.assignments.add(
+                    job_id=a.job_id,
+                    attempt=a.attempt,
+                    traceparent=a.traceparent,
+                    gpu_type=a.gpu_type,
+                )
+                item.spec.ParseFromString(a.spec)
+                continue
             with start_span_from(
                 tracer,
                 "dispatcher.dispatch",
@@ -463,10 +486,19 @@ class _SiteLink:
                 raise ConnectionError(f"site {self.site_id}: agent closed the stream")
             kind = msg.WhichOneof("kind")
             if kind == "acks":
-                acks = [Ack(a.job_id, a.attempt, a.accepted, a.reason) for a in msg.acks.acks]
-                codes = await self.store.record_acks(self.site_id, acks)
-                for ack, code in zip(acks, codes, strict=True):
-                    if not ack.accepted:
+                # Only refusals go to the store. An accepted assignment stays in the site's
+                # in-flight set until the agent reports it RUNNING (status.lua takes it out):
+                # were the stream to break before that, it is sent again, and the agent, which
+                # dedups on (job, attempt), keeps the one it has. Recording every acceptance
+                # would cost a store call and a record read per job for nothing else.
+                refused = [
+                    Ack(a.job_id, a.attempt, False, a.reason)
+                    for a in msg.acks.acks
+                    if not a.accepted
+                ]
+                if refused:
+                    codes = await self.store.record_acks(self.site_id, refused)
+                    for ack, code in zip(refused, codes, strict=True):
                         log.warning(
                             "site %s refused %s/%d: %s (%s)",
                             self.site_id, ack.job_id, ack.attempt, ack.reason, code,

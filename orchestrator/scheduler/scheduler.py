@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from opentelemetry.trace import Link
@@ -20,12 +20,17 @@ from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import SchedulerConfig
 from orchestrator.crashpoints import crash_point
 from orchestrator.errors import StoreUnavailableError
-from orchestrator.scheduler.model import PlacementResult
+from orchestrator.scheduler.model import JobRequest, PlacementResult, TenantView
 from orchestrator.scheduler.placement import DefaultPolicy, Policy
 from orchestrator.scheduler.snapshot import job_request, read_snapshot, read_tenants
-from orchestrator.store import Decision, EpochGuard, JobStore, SiteRecord, Victim
+from orchestrator.store import Decision, EpochGuard, JobStore, PendingJob, SiteRecord, Victim
 from orchestrator.store.store import unavailable_as_error
-from orchestrator.tracing import context_from_traceparent, get_tracer
+from orchestrator.tracing import (
+    context_from_traceparent,
+    get_tracer,
+    tracing_active,
+    wants_span,
+)
 
 __all__ = ["CycleStats", "Scheduler"]
 
@@ -61,7 +66,11 @@ class Scheduler:
         self.store = store
         self.config = config or SchedulerConfig()
         self.policy: Policy = policy or DefaultPolicy()
-        self._specs: dict[str, tuple[types_pb2.JobSpec, str]] = {}
+        self._jobs: dict[str, PendingJob] = {}
+        """The pending jobs of the window as last read: each is read once while it stays in
+        the window (a job whose attempt moved on is dropped when its commit says stale)."""
+        self._requests: dict[str, JobRequest] = {}
+        """Their placement views, built once (again if the tenant's country changes)."""
         self._waiting: dict[str, str] = {}
         self.cycles = 0
         self.placed_total = 0
@@ -75,26 +84,21 @@ class Scheduler:
         """One cycle: window, snapshot, place, commit, preempt, record why the rest waits."""
         started = time.perf_counter()
         await self.epoch.advance()
-        refs = await self.store.pending_window(self.config.window)
-        missing = [r.job_id for r in refs if r.job_id not in self._specs]
+        order = await self.store.pending_order(self.config.window)
+        missing = [job_id for job_id, _ in order if job_id not in self._jobs]
         if missing:
-            self._specs.update(await self.store.job_specs(missing))
-        in_window = {r.job_id for r in refs}
-        for job_id in [j for j in self._specs if j not in in_window]:
-            del self._specs[job_id]  # the cache stays bounded by the window
+            self._jobs.update(await self.store.pending_jobs(missing))
+        in_window = {job_id for job_id, _ in order}
+        for job_id in [j for j in self._jobs if j not in in_window]:
+            del self._jobs[job_id]  # the cache stays bounded by the window
+            self._requests.pop(job_id, None)
         for job_id in [j for j in self._waiting if j not in in_window]:
             del self._waiting[job_id]
         tenants = await read_tenants(self.store)
         await self._refresh_offers()
         records = await self.store.site_records()
         await self._lose_silent_sites(records)
-        jobs = [
-            job_request(
-                r.job_id, r.attempt, self._specs[r.job_id][0], submit_order=r.score, tenants=tenants
-            )
-            for r in refs
-            if r.job_id in self._specs
-        ]
+        jobs = self._window_requests(order, tenants)
         snapshot = await read_snapshot(
             self.store,
             jobs,
@@ -129,6 +133,10 @@ class Scheduler:
             ]
             await self.store.note_waiting(changed)
             self._trace(result, codes, changed, link=Link(cycle.get_span_context()))
+            for d, code in zip(decisions, codes, strict=True):
+                if code in ("ok", "stale"):  # placed, or its attempt moved on: read it again
+                    self._jobs.pop(d.job_id, None)
+                    self._requests.pop(d.job_id, None)
             for job_id, _, reason in changed:
                 self._waiting[job_id] = reason
             placed = sum(1 for c in codes if c == "ok")
@@ -148,6 +156,32 @@ class Scheduler:
             unschedulable=marked,
             seconds=time.perf_counter() - started,
         )
+
+    def _window_requests(
+        self, order: Sequence[tuple[str, float]], tenants: Mapping[str, TenantView]
+    ) -> list[JobRequest]:
+        """The placement views of the window's jobs, in queue order (from the caches)."""
+        out = []
+        requests = self._requests
+        for job_id, score in order:
+            cached = self._jobs.get(job_id)
+            if cached is None:
+                continue
+            req = requests.get(job_id)
+            tenant = tenants.get(cached.spec.tenant)
+            country = tenant.country if tenant else ""
+            if (
+                req is None
+                or req.attempt != cached.attempt
+                or req.submit_order != score
+                or req.tenant_country != country
+            ):
+                req = job_request(
+                    job_id, cached.attempt, cached.spec, submit_order=score, tenants=tenants
+                )
+                requests[job_id] = req
+            out.append(req)
+        return out
 
     async def _refresh_offers(self) -> None:
         """Apply capacity offers' hour windows (``JobStore.refresh_offers``) once a minute and at
@@ -188,10 +222,20 @@ class Scheduler:
         *,
         link: Link,
     ) -> None:
-        """Spans in each job's own trace (linked to the cycle) carrying the decision's reasons."""
+        """Spans in each job's own trace (linked to the cycle) carrying the decision's reasons.
+
+        Only for jobs whose trace could record them (``wants_span``): with tracing off, or a
+        job's trace not sampled, nothing is built.
+        """
+        active = tracing_active()
+        if not active:
+            return
 
         def span(name: str, job_id: str, attributes: dict[str, str | int | float]) -> None:
-            tp = self._specs.get(job_id, (None, ""))[1]
+            cached = self._jobs.get(job_id)
+            tp = cached.traceparent if cached else ""
+            if not wants_span(tp, active=active):
+                return
             with tracer.start_as_current_span(
                 name,
                 context=context_from_traceparent(tp),

@@ -4,14 +4,15 @@ All keys start with a configurable prefix (``sg:`` by default). Lua scripts that
 derived from data (a job's site, a site's counters) build them from the same templates, passed
 in ARGV as the prefix; the templates below and in ``lua/*.lua`` must agree.
 
-    {p}job:{id}              hash   one job: spec (JobSpec protobuf bytes) and status fields
-    {p}job:{id}:ev           stream the job's events
+    {p}job:{id}              hash   one job: spec (JobSpec protobuf bytes), status fields (those
+                                    at their defaults left out) and its history (h: its events)
     {p}jobs                  zset   every job id, scored by submit time in ms (listing, paging)
     {p}queues                set    queue names that have ever had a job
     {p}pending:{queue}       zset   pending job ids, scored by priority class then submit time
     {p}unsched               zset   pending jobs no registered site can ever run
     {p}idem:{tenant}:{rid}   string job id for a client request id (idempotent submit)
-    {p}events                stream every job event (capped)
+    {p}events                stream every job event (capped; an entry holds up to 100 events of
+                                    one state, site and message: job and attempt list them)
     {p}sites                 set    registered site ids
     {p}sites:ver             string bumped on every site registration or state change
     {p}site:{id}             hash   registration (Site protobuf bytes), owner, state, capacity,
@@ -56,9 +57,6 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
-
-    def job_events(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}:ev"
 
     @property
     def jobs(self) -> str:

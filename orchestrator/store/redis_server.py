@@ -85,6 +85,7 @@ class LocalRedis:
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--save", "",
+            "--hash-max-ziplist-value", "1024",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip

@@ -30,6 +30,7 @@ SCRIPT_NAMES = (
     "apply_policy",
     "withdraw",
     "usage",
+    "read_pending",
 )
 
 

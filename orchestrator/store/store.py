@@ -46,6 +46,7 @@ __all__ = [
     "Decision",
     "HeldAttempt",
     "JobStore",
+    "PendingJob",
     "PendingRef",
     "Reconciliation",
     "RunningRecord",
@@ -59,8 +60,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENTS_MAXLEN = 100_000
+EVENTS_MAXLEN = 20_000
+"""Entries kept in the global events stream (each holds up to 100 events: see lua/_lib.lua)."""
 IDEMPOTENCY_TTL_SECONDS = 7 * 24 * 3600
+_READ_PER_CALL = 5_000  # job ids per read script call (Lua's unpack and reply sizes stay small)
 _CLASS_SPAN = 10**13  # ms; pending score = (CRITICAL - class) * span + submit ms
 _LIST_SCAN = 500
 _SUBMIT_SPACES = 10  # separators in submit.lua's per-job fields string
@@ -79,6 +82,15 @@ class PendingRef:
     job_id: str
     attempt: int
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    """What the scheduler keeps of a pending job while it stays in its window."""
+
+    spec: types_pb2.JobSpec
+    traceparent: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,21 +652,31 @@ class JobStore:
     async def events(
         self, job_id: str, *, after: str = "", block_ms: int | None = None, count: int = 500
     ) -> list[types_pb2.JobEvent]:
-        """Events of a job after cursor ``after`` ("" = from the start).
+        """Events of a job after cursor ``after`` ("" = from the start), at most ``count``.
 
-        With ``block_ms``, waits up to that long for the first new one.
+        An event's id is its place in the job's history ("1", "2", ...; the history is the
+        record's field ``h``, see ``lua/_lib.lua``). With ``block_ms``, waits up to that long
+        for the first new one: it waits on the global events stream, which every script that
+        records an event writes to, and reads the history again when anything was written.
         """
-        key = self.keys.job_events(job_id)
+        first = int(after) if after else 0
+        key = self.keys.job(job_id)
         with self._unavailable():
             if block_ms is None:
-                start = f"({after}" if after else "-"
-                rows: Any = await self.client.xrange(key, start, "+", count=count)
-            else:
-                res: Any = await self._watch_client.xread(
-                    {key: after or "0-0"}, count=count, block=block_ms
-                )
-                rows = res[0][1] if res else []
-        return [self._event(job_id, eid, f) for eid, f in rows]
+                raw: Any = await self.client.hget(key, "h")
+                return self._events(job_id, raw, first, count)
+            deadline = time.monotonic() + block_ms / 1000
+            while True:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.xrevrange(self.keys.events, "+", "-", count=1)
+                    pipe.hget(key, "h")
+                    last, raw = await pipe.execute()
+                events = self._events(job_id, raw, first, count)
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if events or left_ms <= 0:
+                    return events
+                since = _s(last[0][0]) if last else "0-0"
+                await self._watch_client.xread({self.keys.events: since}, count=1, block=left_ms)
 
     async def follow_events(
         self, job_id: str, *, after: str = "", poll_ms: int = 1000
@@ -668,24 +690,31 @@ class JobStore:
                 yield event
                 if JobState(event.state).is_terminal():
                     return
-            backlog = await self.events(job_id, after=cursor or "0-0", block_ms=poll_ms)
+            backlog = await self.events(job_id, after=cursor, block_ms=poll_ms)
 
     @staticmethod
-    def _event(job_id: str, eid: bytes, f: Mapping[Any, Any]) -> types_pb2.JobEvent:
-        g = {k.decode(): _s(v) for k, v in f.items()}
-        ev = types_pb2.JobEvent(
-            event_id=_s(eid),
-            job_id=job_id,
-            state=int(g.get("state", "0")),  # type: ignore[arg-type]
-            attempt=int(g.get("attempt", "0")),
-            site=g.get("site", ""),
-            message=g.get("msg", ""),
-        )
-        ev.time.CopyFrom(_ts(g.get("t", "")))
-        if g.get("exit"):
-            ev.exit_code = int(g["exit"])
-            ev.has_exit_code = True
-        return ev
+    def _events(job_id: str, raw: bytes | None, first: int, count: int) -> list[types_pb2.JobEvent]:
+        """The events of a job's history ``raw`` after the ``first``-th, at most ``count``."""
+        if not raw:
+            return []
+        entries = raw.split(b"\x1e")[:-1]  # each entry ends with the separator
+        out = []
+        for n, entry in enumerate(entries[first : first + count], start=first + 1):
+            state, attempt, site, t, exit_code, msg = entry.decode().split("\x1f", 5)
+            ev = types_pb2.JobEvent(
+                event_id=str(n),
+                job_id=job_id,
+                state=int(state),  # type: ignore[arg-type]
+                attempt=int(attempt),
+                site=site,
+                message=msg,
+            )
+            ev.time.CopyFrom(_ts(t))
+            if exit_code:
+                ev.exit_code = int(exit_code)
+                ev.has_exit_code = True
+            out.append(ev)
+        return out
 
     # ---------------------------------------------------------------- sites
 
@@ -1131,29 +1160,56 @@ class JobStore:
 
     # ---------------------------------------------------------------- scheduler
 
-    async def pending_window(self, limit: int) -> list[PendingRef]:
-        """The first ``limit`` pending jobs across all queues, in queue order."""
+    async def pending_order(self, limit: int) -> list[tuple[str, float]]:
+        """The first ``limit`` pending job ids across all queues, in queue order, with their
+        scores: one ``ZRANGE`` per queue, nothing per job."""
         with self._unavailable():
             queues = sorted(_s(q) for q in await self.client.smembers(self.keys.queues))
             async with self.client.pipeline(transaction=False) as pipe:
                 for q in queues:
                     pipe.zrange(self.keys.pending(q), 0, limit - 1, withscores=True)
                 per_queue = await pipe.execute()
-            merged = heapq.nsmallest(
+        return [
+            (jid, score)
+            for score, jid in heapq.nsmallest(
                 limit, ((score, _s(jid)) for rows in per_queue for jid, score in rows)
             )
+        ]
+
+    async def pending_window(self, limit: int) -> list[PendingRef]:
+        """The first ``limit`` pending jobs across all queues, in queue order, each checked
+        PENDING in its record (one read per job; the scheduler uses :meth:`pending_order`
+        and :meth:`pending_jobs`, which read each job once while it stays in the window)."""
+        order = await self.pending_order(limit)
+        with self._unavailable():
             async with self.client.pipeline(transaction=False) as pipe:
-                for _, jid in merged:
+                for jid, _ in order:
                     pipe.hmget(self.keys.job(jid), "attempt", "state")
                 rows = await pipe.execute()
         return [
             PendingRef(jid, int(att), score)
-            for (score, jid), (att, st) in zip(merged, rows, strict=True)
+            for (jid, score), (att, st) in zip(order, rows, strict=True)
             if att is not None and _s(st) == "1"
         ]
 
+    async def pending_jobs(self, job_ids: Sequence[str]) -> dict[str, PendingJob]:
+        """Spec, traceparent and attempt of those of ``job_ids`` that are PENDING, in one
+        script call per 5,000 (for the scheduler's cache of its window)."""
+        out = {}
+        for i in range(0, len(job_ids), _READ_PER_CALL):
+            chunk = job_ids[i : i + _READ_PER_CALL]
+            with self._unavailable():
+                flat = await self._scripts.run("read_pending", [self.prefix, *chunk])
+            for n, jid in enumerate(chunk):
+                raw = flat[3 * n]
+                if raw:  # Lua false arrives as None
+                    spec = types_pb2.JobSpec()
+                    spec.ParseFromString(raw)
+                    out[jid] = PendingJob(spec, _s(flat[3 * n + 1]), int(flat[3 * n + 2]))
+        return out
+
     async def job_specs(self, job_ids: Sequence[str]) -> dict[str, tuple[types_pb2.JobSpec, str]]:
-        """Specs and traceparents of the given jobs (for the scheduler's cache)."""
+        """Specs and traceparents of the given jobs."""
         with self._unavailable():
             async with self.client.pipeline(transaction=False) as pipe:
                 for jid in job_ids:

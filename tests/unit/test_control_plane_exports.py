@@ -10,7 +10,8 @@ import pytest
 SURFACES = {
     "orchestrator.store": [
         "Ack", "Assignment", "Decision", "EpochGuard", "HeldAttempt", "JobStore", "Keys",
-        "LocalRedis", "MAX_SUBMIT_BATCH", "PendingRef", "Reconciliation", "Rollback",
+        "LocalRedis", "MAX_SUBMIT_BATCH", "PendingJob",
+        "PendingRef", "Reconciliation", "Rollback",
         "RunningRecord", "SiteRecord", "StatusReport", "TenantRecord", "Victim",
         "find_redis_server", "free_port", "pending_score",
     ],

@@ -8,7 +8,12 @@
 local JOB_FIELDS = {'state', 'attempt', 'site', 'gpu_type', 'r_gpus', 'r_cpus', 'r_mem',
                     'max_attempts', 'cancel', 'queue', 'score', 'unsched', 'reason', 'tenant',
                     'prio', 'allowed', 'excl', 'r_watts', 'nonhome', 'jur', 'preempting',
-                    'fails'}
+                    'fails', 'started', 'h'}
+
+-- A job record holds only the fields that differ from their defaults: a missing field reads
+-- as '' (load_job), which every script treats as the field's zero ('0' counters and flags,
+-- '' names). New jobs are written with about half the fields, which keeps a queued job's
+-- record small (see keys.py).
 
 -- Note: decrements are written 0 - x, never -x: Lua's -0 reaches Redis as "-0", which
 -- HINCRBY rejects.
@@ -18,101 +23,254 @@ local function holds(list, item)
   return list ~= '' and string.find(list, ',' .. item .. ',', 1, true) ~= nil
 end
 
--- The job's status fields as a table, or nil when there is no such job.
-local function load_job(p, id)
-  local v = redis.call('HMGET', p .. 'job:' .. id, unpack(JOB_FIELDS))
+-- The job's status fields as a table, or nil when there is no such job. names: the fields
+-- to read (default JOB_FIELDS; the first must be 'state'). Hot paths read only what they use:
+-- a field costs a scan of the record (a listpack) in HMGET, 24 of them some 6 us per job.
+local function load_job(p, id, names)
+  names = names or JOB_FIELDS
+  local v = redis.call('HMGET', p .. 'job:' .. id, unpack(names))
   if not v[1] then return nil end
   local j = {}
-  for i, name in ipairs(JOB_FIELDS) do j[name] = v[i] or '' end
+  for i, name in ipairs(names) do j[name] = v[i] or '' end
   return j
+end
+
+-- Read the rest of JOB_FIELDS into j (loaded with fewer names), before a full transition.
+local function load_rest(p, id, j)
+  local names = {}
+  for _, name in ipairs(JOB_FIELDS) do
+    if j[name] == nil then names[#names + 1] = name end
+  end
+  if #names == 0 then return end
+  local v = redis.call('HMGET', p .. 'job:' .. id, unpack(names))
+  for i, name in ipairs(names) do j[name] = v[i] or '' end
 end
 
 local function is_terminal(state)
   return state == '5' or state == '6' or state == '7'
 end
 
--- Append one event to the job's stream and to the global stream (capped at maxlen).
-local function emit(p, id, state, attempt, site, msg, now, exit_code, maxlen)
-  local f = {'job', id, 'state', state, 'attempt', attempt, 'site', site, 'msg', msg, 't', now}
-  if exit_code ~= nil and exit_code ~= '' then
-    f[#f + 1] = 'exit'
-    f[#f + 1] = exit_code
+-- ---------------------------------------------------------------------------------- events
+-- A job's history is the field 'h' of its record: entries in order, each
+--   state US attempt US site US time US exit code US message RS      (US = \31, RS = \30)
+-- (a message's control characters become spaces). The store reads it back as the job's
+-- events; an event's id is its place in the history (1, 2, ...). Keeping the history in the
+-- record costs no command of its own: the new value goes in the HSET that makes the change.
+--
+-- Every event also goes to the global stream {p}events, buffered during a script and written
+-- by flush(): one entry per run of up to EVENT_GROUP events that share state, site, message
+-- and exit code, with 'job' and 'attempt' holding the ids and attempts separated by spaces
+-- (one job: exactly a job's event). A script that emits calls flush() before it returns.
+
+local EVENT_GROUP = 100
+local EVENTS = {}        -- group key -> {state, site, msg, now, exit, ids, attempts}
+local EVENT_ORDER = {}   -- group keys in first-seen order
+
+local function history_entry(state, attempt, site, msg, now, exit_code)
+  msg = string.gsub(msg, '%c', ' ')
+  return state .. '\31' .. attempt .. '\31' .. site .. '\31' .. now .. '\31' .. (exit_code or '')
+    .. '\31' .. msg .. '\30'
+end
+
+-- Record one event: buffer it for the global stream and return the job's new history (for
+-- the caller's own HSET). j: the loaded job (its 'h' is updated in place) or nil for a new one.
+local function event(j, id, state, attempt, site, msg, now, exit_code)
+  exit_code = exit_code or ''
+  local key = state .. '\31' .. site .. '\31' .. exit_code .. '\31' .. msg
+  local group = EVENTS[key]
+  if not group then
+    group = {state, site, msg, now, exit_code, {}, {}}
+    EVENTS[key] = group
+    EVENT_ORDER[#EVENT_ORDER + 1] = key
   end
-  redis.call('XADD', p .. 'job:' .. id .. ':ev', '*', unpack(f))
-  redis.call('XADD', p .. 'events', 'MAXLEN', '~', maxlen, '*', unpack(f))
+  group[6][#group[6] + 1] = id
+  group[7][#group[7] + 1] = attempt
+  local h = ((j and j.h) or '') .. history_entry(state, attempt, site, msg, now, exit_code)
+  if j then j.h = h end
+  return h
+end
+
+local function flush_events(p, maxlen)
+  for _, key in ipairs(EVENT_ORDER) do
+    local g = EVENTS[key]
+    for i = 1, #g[6], EVENT_GROUP do
+      local last = math.min(i + EVENT_GROUP - 1, #g[6])
+      local f = {'job', table.concat(g[6], ' ', i, last), 'state', g[1],
+                 'attempt', table.concat(g[7], ' ', i, last), 'site', g[2], 'msg', g[3], 't', g[4]}
+      if g[5] ~= '' then
+        f[#f + 1] = 'exit'
+        f[#f + 1] = g[5]
+      end
+      redis.call('XADD', p .. 'events', 'MAXLEN', '~', maxlen, '*', unpack(f))
+    end
+  end
+  EVENTS, EVENT_ORDER = {}, {}
+end
+
+-- ------------------------------------------------------------------- counters and sets
+-- Releasing capacity touches shared counters (a site's and a tenant's use) and sets. Scripts
+-- that finish many jobs (status, ack) set BUFFERED = true: the changes are summed per key and
+-- field and written once by flush(), so a batch of 1,000 finished jobs costs a few dozen
+-- commands instead of some 15,000. Others write at once, for scripts that read a counter
+-- after changing it.
+
+local BUFFERED = false
+local INCR, INCR_FLOAT, SREMS, ZREMS, WAKE = {}, {}, {}, {}, false
+
+local function incr(key, field, n)
+  if n == 0 then return end
+  if not BUFFERED then
+    redis.call('HINCRBY', key, field, n)
+    return
+  end
+  local fields = INCR[key]
+  if not fields then
+    fields = {}
+    INCR[key] = fields
+  end
+  fields[field] = (fields[field] or 0) + n
+end
+
+local function incr_float(key, field, x)
+  if not BUFFERED then
+    redis.call('HINCRBYFLOAT', key, field, x)
+    return
+  end
+  local fields = INCR_FLOAT[key]
+  if not fields then
+    fields = {}
+    INCR_FLOAT[key] = fields
+  end
+  fields[field] = (fields[field] or 0) + x
+end
+
+local function remove(buffer, cmd, key, member)
+  if not BUFFERED then
+    redis.call(cmd, key, member)
+    return
+  end
+  local members = buffer[key]
+  if not members then
+    members = {}
+    buffer[key] = members
+  end
+  members[#members + 1] = member
+end
+
+local function srem(key, member) remove(SREMS, 'SREM', key, member) end
+local function zrem(key, member) remove(ZREMS, 'ZREM', key, member) end
+
+local function wake(p)
+  if BUFFERED then WAKE = true else redis.call('PUBLISH', p .. 'wake', '1') end
+end
+
+-- Write what was buffered: events, counters, set removals, the scheduler's wake-up.
+local function flush(p, maxlen)
+  flush_events(p, maxlen)
+  for key, fields in pairs(INCR) do
+    for field, n in pairs(fields) do
+      if n ~= 0 then redis.call('HINCRBY', key, field, n) end
+    end
+  end
+  for key, fields in pairs(INCR_FLOAT) do
+    for field, x in pairs(fields) do redis.call('HINCRBYFLOAT', key, field, x) end
+  end
+  for _, pair in ipairs({{SREMS, 'SREM'}, {ZREMS, 'ZREM'}}) do
+    for key, members in pairs(pair[1]) do
+      for i = 1, #members, 4000 do
+        redis.call(pair[2], key, unpack(members, i, math.min(i + 3999, #members)))
+      end
+    end
+  end
+  if WAKE then redis.call('PUBLISH', p .. 'wake', '1') end
+  INCR, INCR_FLOAT, SREMS, ZREMS, WAKE = {}, {}, {}, {}, false
 end
 
 -- An attempt that ran (RUNNING from 'started' until now) adds GPU-seconds (GPUs x seconds) and
 -- joules (its watts x seconds) to its tenant's usage of the site.
-local function add_usage(p, id, j, now)
-  local started = tonumber(redis.call('HGET', p .. 'job:' .. id, 'started'))
+local function add_usage(p, j, now)
+  local started = tonumber(j.started)
   if not started then return end
   local seconds = (tonumber(now) or started) - started
   if seconds <= 0 then return end
   local gpus, watts = tonumber(j.r_gpus) or 0, tonumber(j.r_watts) or 0
   if gpus <= 0 and watts <= 0 then return end
   local usage = p .. 'site:' .. j.site .. ':usage'
-  redis.call('HINCRBYFLOAT', usage, 'gs:' .. j.tenant, gpus * seconds)
-  redis.call('HINCRBYFLOAT', usage, 'j:' .. j.tenant, watts * seconds)
+  incr_float(usage, 'gs:' .. j.tenant, gpus * seconds)
+  incr_float(usage, 'j:' .. j.tenant, watts * seconds)
 end
+
+-- The fields a released job's record gets (with the caller's own, in one HSET).
+local RELEASED = {'preempting', '0', 'nonhome', '0', 'r_watts', '0', 'jur', ''}
 
 -- Give back the capacity a placed job holds at its site (and in its tenant's usage) and drop
 -- it from the site's sets; an attempt that ran adds to the site's usage record (add_usage).
+-- The caller writes RELEASED into the job's record.
 local function release(p, id, j, now)
   local site = j.site
   if site == '' then return end
-  add_usage(p, id, j, now)
+  add_usage(p, j, now)
   local used = p .. 'site:' .. site .. ':used'
   local gpus = tonumber(j.r_gpus) or 0
   local cpus, mem = tonumber(j.r_cpus) or 0, tonumber(j.r_mem) or 0
   local watts = tonumber(j.r_watts) or 0
-  if gpus > 0 and j.gpu_type ~= '' then
-    redis.call('HINCRBY', used, 'gpu:' .. j.gpu_type, 0 - gpus)
-  end
-  redis.call('HINCRBY', used, 'cpus', 0 - cpus)
-  redis.call('HINCRBY', used, 'mem', 0 - mem)
-  redis.call('HINCRBY', used, 'watts', 0 - watts)
-  if j.nonhome == '1' then redis.call('HINCRBY', used, 'gpu_nonhome', 0 - gpus) end
+  if gpus > 0 and j.gpu_type ~= '' then incr(used, 'gpu:' .. j.gpu_type, 0 - gpus) end
+  incr(used, 'cpus', 0 - cpus)
+  incr(used, 'mem', 0 - mem)
+  incr(used, 'watts', 0 - watts)
+  if j.nonhome == '1' then incr(used, 'gpu_nonhome', 0 - gpus) end
   local tused = p .. 'tenant:' .. j.tenant .. ':used'
-  redis.call('HINCRBY', tused, 'gpus', 0 - gpus)
-  if j.jur ~= '' then redis.call('HINCRBY', tused, 'gpus:' .. j.jur, 0 - gpus) end
-  redis.call('HINCRBY', tused, 'cpus', 0 - cpus)
-  redis.call('HINCRBY', tused, 'mem', 0 - mem)
+  incr(tused, 'gpus', 0 - gpus)
+  if j.jur ~= '' then incr(tused, 'gpus:' .. j.jur, 0 - gpus) end
+  incr(tused, 'cpus', 0 - cpus)
+  incr(tused, 'mem', 0 - mem)
   if j.preempting == '1' then
     local rel = p .. 'site:' .. site .. ':releasing'
-    if gpus > 0 and j.gpu_type ~= '' then redis.call('HINCRBY', rel, 'gpu:' .. j.gpu_type, 0 - gpus) end
-    redis.call('HINCRBY', rel, 'cpus', 0 - cpus)
-    redis.call('HINCRBY', rel, 'mem', 0 - mem)
-    redis.call('HINCRBY', rel, 'watts', 0 - watts)
+    if gpus > 0 and j.gpu_type ~= '' then incr(rel, 'gpu:' .. j.gpu_type, 0 - gpus) end
+    incr(rel, 'cpus', 0 - cpus)
+    incr(rel, 'mem', 0 - mem)
+    incr(rel, 'watts', 0 - watts)
   end
-  redis.call('HSET', p .. 'job:' .. id, 'preempting', '0', 'nonhome', '0', 'r_watts', '0', 'jur', '')
-  redis.call('SREM', p .. 'surplus', id)
-  redis.call('SREM', p .. 'site:' .. site .. ':active', id)
-  redis.call('ZREM', p .. 'site:' .. site .. ':outbox', id)
-  redis.call('ZREM', p .. 'site:' .. site .. ':inflight', id)
-  redis.call('SREM', p .. 'site:' .. site .. ':cancels', id .. ':' .. j.attempt)
-  redis.call('PUBLISH', p .. 'wake', '1')  -- capacity came free: the scheduler may place more
+  if j.prio == '1' then srem(p .. 'surplus', id) end
+  srem(p .. 'site:' .. site .. ':active', id)
+  zrem(p .. 'site:' .. site .. ':outbox', id)
+  zrem(p .. 'site:' .. site .. ':inflight', id)
+  srem(p .. 'site:' .. site .. ':cancels', id .. ':' .. j.attempt)
+  wake(p)  -- capacity came free: the scheduler may place more
+end
+
+-- HSET key, then the fields of each table in turn.
+local function hset(key, ...)
+  local args = {}
+  for _, t in ipairs({...}) do
+    for _, v in ipairs(t) do args[#args + 1] = v end
+  end
+  redis.call('HSET', key, unpack(args))
 end
 
 -- Move a job to a terminal state (5, 6 or 7).
-local function finish(p, id, j, state, exit_code, msg, now, maxlen)
+local function finish(p, id, j, state, exit_code, msg, now)
   release(p, id, j, now)
-  local key = p .. 'job:' .. id
-  redis.call('HSET', key, 'state', state, 'updated', now, 'finished', now, 'reason', msg)
-  if exit_code ~= '' then redis.call('HSET', key, 'exit_code', exit_code) end
-  emit(p, id, state, j.attempt, j.site, msg, now, exit_code, maxlen)
+  local f = {'state', state, 'updated', now, 'finished', now, 'reason', msg,
+             'h', event(j, id, state, j.attempt, j.site, msg, now, exit_code)}
+  if exit_code ~= '' then
+    f[#f + 1] = 'exit_code'
+    f[#f + 1] = exit_code
+  end
+  hset(p .. 'job:' .. id, f, j.site ~= '' and RELEASED or {})
 end
 
 -- Put a placed job back in its queue with a new attempt.
-local function requeue(p, id, j, msg, now, maxlen)
+local function requeue(p, id, j, msg, now)
   release(p, id, j, now)
   local attempt = tostring((tonumber(j.attempt) or 0) + 1)
-  redis.call('HSET', p .. 'job:' .. id, 'state', '1', 'attempt', attempt, 'site', '',
-             'gpu_type', '', 'updated', now, 'reason', msg, 'cancel', '0')
-  redis.call('HDEL', p .. 'job:' .. id, 'started')
+  local key = p .. 'job:' .. id
+  hset(key, {'state', '1', 'attempt', attempt, 'site', '', 'gpu_type', '', 'updated', now,
+             'reason', msg, 'cancel', '0', 'h', event(j, id, '1', attempt, '', msg, now, '')},
+       j.site ~= '' and RELEASED or {})
+  redis.call('HDEL', key, 'started')
   redis.call('ZADD', p .. 'pending:' .. j.queue, j.score, id)
-  emit(p, id, '1', attempt, '', msg, now, '', maxlen)
-  redis.call('PUBLISH', p .. 'wake', '1')
+  wake(p)
 end
 
 -- Stop a placed attempt so that its job runs elsewhere, never counted as a failure (preemption,
@@ -121,27 +279,28 @@ end
 -- the agent reports it ended; it then goes back to PENDING with a new attempt (status.lua).
 -- The caller has checked the attempt and that no cancel is pending.
 -- Returns 'requeued', 'ok' (stopping) or 'stale' (not in a state that can be stopped).
-local function stop_attempt(p, id, j, msg, now, maxlen)
+local function stop_attempt(p, id, j, msg, now)
   local key = p .. 'job:' .. id
   if j.state == '2' then
     redis.call('HINCRBY', key, 'preempts', 1)
     redis.call('HSET', key, 'preempted_at', now)
-    requeue(p, id, j, msg .. ' before it was sent; requeued', now, maxlen)
+    requeue(p, id, j, msg .. ' before it was sent; requeued', now)
     return 'requeued'
   end
   if j.state ~= '3' and j.state ~= '4' then return 'stale' end
   redis.call('HINCRBY', key, 'preempts', 1)
+  local stopping = msg .. '; stopping it'
   redis.call('HSET', key, 'state', '8', 'preempting', '1', 'preempted_at', now,
-             'updated', now, 'reason', msg)
+             'updated', now, 'reason', msg,
+             'h', event(j, id, '8', j.attempt, j.site, stopping, now, ''))
   local rel = p .. 'site:' .. j.site .. ':releasing'
   local gpus = tonumber(j.r_gpus) or 0
-  if gpus > 0 and j.gpu_type ~= '' then redis.call('HINCRBY', rel, 'gpu:' .. j.gpu_type, gpus) end
-  redis.call('HINCRBY', rel, 'cpus', tonumber(j.r_cpus) or 0)
-  redis.call('HINCRBY', rel, 'mem', tonumber(j.r_mem) or 0)
-  redis.call('HINCRBY', rel, 'watts', tonumber(j.r_watts) or 0)
-  redis.call('SREM', p .. 'surplus', id)
+  if gpus > 0 and j.gpu_type ~= '' then incr(rel, 'gpu:' .. j.gpu_type, gpus) end
+  incr(rel, 'cpus', tonumber(j.r_cpus) or 0)
+  incr(rel, 'mem', tonumber(j.r_mem) or 0)
+  incr(rel, 'watts', tonumber(j.r_watts) or 0)
+  if j.prio == '1' then srem(p .. 'surplus', id) end
   redis.call('SADD', p .. 'site:' .. j.site .. ':cancels', id .. ':' .. j.attempt)
-  emit(p, id, '8', j.attempt, j.site, msg .. '; stopping it', now, '', maxlen)
   redis.call('PUBLISH', p .. 'notify', j.site)
   return 'ok'
 end

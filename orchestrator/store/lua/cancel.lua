@@ -14,18 +14,21 @@ local msg = 'cancelled' .. (reason ~= '' and (': ' .. reason) or '')
 if cur == '1' then
   redis.call('ZREM', p .. 'pending:' .. j.queue, id)
   redis.call('ZREM', p .. 'unsched', id)
-  finish(p, id, j, '7', '', msg, now, maxlen)
+  finish(p, id, j, '7', '', msg, now)
+  flush(p, maxlen)
   return {'cancelled', '7'}
 end
 if cur == '2' then
-  finish(p, id, j, '7', '', msg, now, maxlen)
+  finish(p, id, j, '7', '', msg, now)
+  flush(p, maxlen)
   return {'cancelled', '7'}
 end
 if j.cancel ~= '1' then
-  redis.call('HSET', p .. 'job:' .. id, 'cancel', '1', 'updated', now)
+  local requested = 'cancel requested' .. (reason ~= '' and (': ' .. reason) or '')
+  redis.call('HSET', p .. 'job:' .. id, 'cancel', '1', 'updated', now,
+             'h', event(j, id, cur, j.attempt, j.site, requested, now, ''))
   redis.call('SADD', p .. 'site:' .. j.site .. ':cancels', id .. ':' .. j.attempt)
-  emit(p, id, cur, j.attempt, j.site, 'cancel requested' .. (reason ~= '' and (': ' .. reason) or ''),
-       now, '', maxlen)
   redis.call('PUBLISH', p .. 'notify', j.site)
+  flush(p, maxlen)
 end
 return {'requested', cur}

@@ -9,43 +9,104 @@
 --          'policy'; 'capacity' (GPUs, CPUs or memory); 'power'; 'surplus'; 'quota'
 local p, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local out, touched = {}, {}
+local COMMIT = {'state', 'attempt', 'unsched', 'cancel', 'allowed', 'excl', 'tenant', 'r_gpus',
+                'r_cpus', 'r_mem', 'queue', 'prio', 'h'}
+BUFFERED = true  -- counters: read once per site and tenant, kept here, written once (flush)
+
+-- What this call read of sites and tenants, and what it changed since (kept current here).
+local SITES, USED, COUNTRY, QUOTA, TUSED = {}, {}, {}, {}, {}
+local ADD_ACTIVE, ADD_OUTBOX, ADD_SURPLUS = {}, {}, {}
+
+local function site_fields(site, gt)
+  local k = site .. '\31' .. gt
+  local s = SITES[k]
+  if not s then
+    s = redis.call('HMGET', p .. 'site:' .. site, 'state', 'cap:cpus', 'cap:mem',
+                   'cap:gpu:' .. gt, 'cap:watts', 'jur', 'home', 'pol:c', 'pol:t', 'pol:surplus')
+    SITES[k] = s
+  end
+  return s
+end
+
+-- A hash of counters as a table of numbers (read once per call).
+local function counters(cache, key)
+  local c = cache[key]
+  if not c then
+    c = {}
+    local flat = redis.call('HGETALL', key)
+    for i = 1, #flat, 2 do c[flat[i]] = tonumber(flat[i + 1]) or 0 end
+    cache[key] = c
+  end
+  return c
+end
+
+local function add(cache, key, field, n)
+  local c = counters(cache, key)
+  c[field] = (c[field] or 0) + n
+  incr(key, field, n)
+end
+
+local function tenant_country(tenant)
+  local c = COUNTRY[tenant]
+  if not c then
+    c = redis.call('HGET', p .. 'tenant:' .. tenant, 'country') or ''
+    COUNTRY[tenant] = c
+  end
+  return c
+end
+
+local function quota(tenant, jur)
+  local k = tenant .. '\31' .. jur
+  local q = QUOTA[k]
+  if not q then
+    q = redis.call('HMGET', p .. 'tenant:' .. tenant, 'q:gpus', 'q:gpus:' .. jur)
+    QUOTA[k] = q
+  end
+  return q
+end
+
+local function push(sets, key, ...)
+  local members = sets[key]
+  if not members then
+    members = {}
+    sets[key] = members
+  end
+  for _, v in ipairs({...}) do members[#members + 1] = v end
+end
 
 local function check(j, site, gt, watts)
   if not j or j.unsched == '1' or j.cancel == '1' then return 'stale' end
-  local skey = p .. 'site:' .. site
-  local s = redis.call('HMGET', skey, 'state', 'cap:cpus', 'cap:mem', 'cap:gpu:' .. gt,
-                       'cap:watts', 'jur', 'home', 'pol:c', 'pol:t', 'pol:surplus')
+  local s = site_fields(site, gt)
   if s[1] ~= '1' then return 'site' end
   local jur, home, pol_c, pol_t = s[6] or '', s[7] or '', s[8] or '', s[9] or ''
   if j.allowed ~= '' and not holds(j.allowed, jur) then return 'residency' end
   if holds(j.excl, site) then return 'excluded' end
-  local country = redis.call('HGET', p .. 'tenant:' .. j.tenant, 'country') or ''
+  local country = tenant_country(j.tenant)
   if (pol_c ~= '' or pol_t ~= '') and not (holds(pol_t, j.tenant) or holds(pol_c, country)) then
     return 'policy'
   end
-  local u = redis.call('HMGET', skey .. ':used', 'cpus', 'mem', 'gpu:' .. gt, 'watts',
-                       'gpu_nonhome')
+  local u = counters(USED, p .. 'site:' .. site .. ':used')
   local gpus, cpus, mem = tonumber(j.r_gpus), tonumber(j.r_cpus), tonumber(j.r_mem)
-  if (tonumber(u[1]) or 0) + cpus > (tonumber(s[2]) or 0)
-    or (tonumber(u[2]) or 0) + mem > (tonumber(s[3]) or 0)
-    or (gpus > 0 and (gt == '' or (tonumber(u[3]) or 0) + gpus > (tonumber(s[4]) or 0))) then
+  if (u.cpus or 0) + cpus > (tonumber(s[2]) or 0)
+    or (u.mem or 0) + mem > (tonumber(s[3]) or 0)
+    or (gpus > 0 and (gt == '' or (u['gpu:' .. gt] or 0) + gpus > (tonumber(s[4]) or 0))) then
     return 'capacity'
   end
-  if s[5] and (tonumber(u[4]) or 0) + watts > tonumber(s[5]) then return 'power' end
+  if s[5] and (u.watts or 0) + watts > tonumber(s[5]) then return 'power' end
   local nonhome = home ~= '' and not holds(home, country)
-  if nonhome and s[10] and (tonumber(u[5]) or 0) + gpus > tonumber(s[10]) then
+  if nonhome and s[10] and (u.gpu_nonhome or 0) + gpus > tonumber(s[10]) then
     return 'surplus'
   end
-  local t = redis.call('HMGET', p .. 'tenant:' .. j.tenant, 'q:gpus', 'q:gpus:' .. jur)
-  local tu = redis.call('HMGET', p .. 'tenant:' .. j.tenant .. ':used', 'gpus', 'gpus:' .. jur)
-  if t[1] and (tonumber(tu[1]) or 0) + gpus > tonumber(t[1]) then return 'quota' end
-  if t[2] and (tonumber(tu[2]) or 0) + gpus > tonumber(t[2]) then return 'quota' end
+  local t = quota(j.tenant, jur)
+  local tu = counters(TUSED, p .. 'tenant:' .. j.tenant .. ':used')
+  if t[1] and (tu.gpus or 0) + gpus > tonumber(t[1]) then return 'quota' end
+  if t[2] and (tu['gpus:' .. jur] or 0) + gpus > tonumber(t[2]) then return 'quota' end
   return 'ok', jur, nonhome
 end
 
 for i = 4, #ARGV, 5 do
   local id, attempt, site, gt, watts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  local j = load_job(p, id)
+  local j = load_job(p, id, COMMIT)
   local code, jur, nonhome
   if j and j.state == '1' and j.attempt == attempt then
     code, jur, nonhome = check(j, site, gt, watts)
@@ -56,27 +117,35 @@ for i = 4, #ARGV, 5 do
     local skey = p .. 'site:' .. site
     local ukey = skey .. ':used'
     local gpus, cpus, mem = tonumber(j.r_gpus), tonumber(j.r_cpus), tonumber(j.r_mem)
-    if gpus > 0 then redis.call('HINCRBY', ukey, 'gpu:' .. gt, gpus) else gt = '' end
-    redis.call('HINCRBY', ukey, 'cpus', cpus)
-    redis.call('HINCRBY', ukey, 'mem', mem)
-    redis.call('HINCRBY', ukey, 'watts', watts)
-    if nonhome then redis.call('HINCRBY', ukey, 'gpu_nonhome', gpus) end
+    if gpus > 0 then add(USED, ukey, 'gpu:' .. gt, gpus) else gt = '' end
+    add(USED, ukey, 'cpus', cpus)
+    add(USED, ukey, 'mem', mem)
+    add(USED, ukey, 'watts', watts)
+    if nonhome then add(USED, ukey, 'gpu_nonhome', gpus) end
     local tused = p .. 'tenant:' .. j.tenant .. ':used'
-    redis.call('HINCRBY', tused, 'gpus', gpus)
-    redis.call('HINCRBY', tused, 'gpus:' .. jur, gpus)
-    redis.call('HINCRBY', tused, 'cpus', cpus)
-    redis.call('HINCRBY', tused, 'mem', mem)
+    add(TUSED, tused, 'gpus', gpus)
+    add(TUSED, tused, 'gpus:' .. jur, gpus)
+    add(TUSED, tused, 'cpus', cpus)
+    add(TUSED, tused, 'mem', mem)
     redis.call('HSET', p .. 'job:' .. id, 'state', '2', 'site', site, 'gpu_type', gt,
                'r_watts', watts, 'nonhome', nonhome and '1' or '0', 'jur', jur,
-               'updated', now, 'reason', 'placed on ' .. site)
-    redis.call('ZREM', p .. 'pending:' .. j.queue, id)
-    redis.call('SADD', skey .. ':active', id)
-    redis.call('ZADD', skey .. ':outbox', now, id)
-    if j.prio == '1' then redis.call('SADD', p .. 'surplus', id) end
-    emit(p, id, '2', attempt, site, 'scheduled on ' .. site, now, '', maxlen)
+               'updated', now, 'reason', 'placed on ' .. site,
+               'h', event(j, id, '2', attempt, site, 'scheduled on ' .. site, now, ''))
+    zrem(p .. 'pending:' .. j.queue, id)
+    push(ADD_ACTIVE, skey .. ':active', id)
+    push(ADD_OUTBOX, skey .. ':outbox', now, id)
+    if j.prio == '1' then push(ADD_SURPLUS, p .. 'surplus', id) end
     touched[site] = true
   end
   out[#out + 1] = code
 end
+for _, pair in ipairs({{ADD_ACTIVE, 'SADD'}, {ADD_OUTBOX, 'ZADD'}, {ADD_SURPLUS, 'SADD'}}) do
+  for key, members in pairs(pair[1]) do
+    for i = 1, #members, 4000 do
+      redis.call(pair[2], key, unpack(members, i, math.min(i + 3999, #members)))
+    end
+  end
+end
+flush(p, maxlen)
 for site, _ in pairs(touched) do redis.call('PUBLISH', p .. 'notify', site) end
 return out

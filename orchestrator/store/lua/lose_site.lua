@@ -25,16 +25,14 @@ for _, id in ipairs(redis.call('SMEMBERS', skey .. ':active')) do
   if j and j.site == site then
     local cur = j.state
     if cur == '2' then
-      requeue(p, id, j, why .. ' before dispatch; requeued', now, maxlen)
+      requeue(p, id, j, why .. ' before dispatch; requeued', now)
       moved = moved + 1
     elseif cur == '3' or cur == '4' or cur == '8' then
       if j.cancel == '1' then
-        finish(p, id, j, '7', '', 'cancelled; ' .. why .. ', its agent stops the attempt', now,
-               maxlen)
+        finish(p, id, j, '7', '', 'cancelled; ' .. why .. ', its agent stops the attempt', now)
       else
-        emit(p, id, '9', j.attempt, site, why .. '; attempt ' .. j.attempt .. ' lost', now, '',
-             maxlen)
-        requeue(p, id, j, 'requeued: ' .. why, now, maxlen)
+        event(j, id, '9', j.attempt, site, why .. '; attempt ' .. j.attempt .. ' lost', now, '')
+        requeue(p, id, j, 'requeued: ' .. why, now)
       end
       moved = moved + 1
     end
@@ -43,4 +41,5 @@ for _, id in ipairs(redis.call('SMEMBERS', skey .. ':active')) do
   end
 end
 redis.call('PUBLISH', p .. 'wake', '1')
+flush(p, maxlen)
 return {'lost', moved}

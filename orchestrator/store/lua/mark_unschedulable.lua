@@ -10,11 +10,16 @@ for i = 4, #ARGV, 3 do
   local j = load_job(p, id)
   if j and j.state == '1' and j.attempt == attempt and j.unsched ~= '1' then
     local msg = 'unschedulable: ' .. reason
-    redis.call('HSET', p .. 'job:' .. id, 'unsched', '1', 'reason', msg, 'updated', now)
+    local f = {'unsched', '1', 'reason', msg, 'updated', now}
+    if j.reason ~= msg then
+      f[#f + 1] = 'h'
+      f[#f + 1] = event(j, id, '1', attempt, '', msg, now, '')
+    end
+    redis.call('HSET', p .. 'job:' .. id, unpack(f))
     redis.call('ZREM', p .. 'pending:' .. j.queue, id)
     redis.call('ZADD', p .. 'unsched', j.score, id)
-    if j.reason ~= msg then emit(p, id, '1', attempt, '', msg, now, '', maxlen) end
     n = n + 1
   end
 end
+flush(p, maxlen)
 return n

@@ -13,8 +13,9 @@ for i = 4, #ARGV, 3 do
   local j = load_job(p, id)
   local code = 'stale'
   if j and j.attempt == attempt and j.prio == '1' and j.cancel ~= '1' then
-    code = stop_attempt(p, id, j, 'preempted for ' .. for_job, now, maxlen)
+    code = stop_attempt(p, id, j, 'preempted for ' .. for_job, now)
   end
   out[#out + 1] = code
 end
+flush(p, maxlen)
 return out

@@ -36,16 +36,16 @@ for _, id in ipairs(redis.call('SMEMBERS', skey .. ':active')) do
     if gone then
       local why = 'the agent at ' .. site .. ' does not hold attempt ' .. j.attempt
       if j.cancel == '1' then
-        finish(p, id, j, '7', '', 'cancelled; ' .. why, now, maxlen)
+        finish(p, id, j, '7', '', 'cancelled; ' .. why, now)
       elseif cur == '8' then
-        requeue(p, id, j, 'preempted; ' .. why .. '; requeued', now, maxlen)
+        requeue(p, id, j, 'preempted; ' .. why .. '; requeued', now)
       else
-        emit(p, id, '9', j.attempt, site, why .. '; attempt ' .. j.attempt .. ' lost', now, '',
-             maxlen)
-        requeue(p, id, j, 'requeued: ' .. why, now, maxlen)
+        event(j, id, '9', j.attempt, site, why .. '; attempt ' .. j.attempt .. ' lost', now, '')
+        requeue(p, id, j, 'requeued: ' .. why, now)
       end
       out[#out + 1] = id
     end
   end
 end
+flush(p, maxlen)
 return out

@@ -10,46 +10,50 @@
 -- Returns: one code per update: 'ok', 'retry', 'dup' or 'stale'
 local p, site, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
+BUFFERED = true
+local STATUS = {'state', 'attempt', 'site', 'cancel', 'h'}
 for i = 5, #ARGV, 5 do
   local id, attempt, new, exit_code, msg = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local j = load_job(p, id)
+  local j = load_job(p, id, STATUS)
   local code = 'stale'
   if j and j.site == site and j.attempt == attempt then
     local cur = j.state
     if new == '4' then
       if cur == '3' then
         redis.call('HSET', p .. 'job:' .. id, 'state', '4', 'updated', now, 'started', now,
-                   'reason', 'running on ' .. site)
-        redis.call('ZREM', p .. 'site:' .. site .. ':inflight', id)
-        emit(p, id, '4', attempt, site, msg ~= '' and msg or 'running', now, '', maxlen)
+                   'reason', 'running on ' .. site,
+                   'h', event(j, id, '4', attempt, site, msg ~= '' and msg or 'running', now, ''))
+        zrem(p .. 'site:' .. site .. ':inflight', id)
         code = 'ok'
       elseif cur == '4' or cur == '8' then
         code = 'dup'
       end
     elseif new == '9' and (cur == '3' or cur == '4' or cur == '8') then
+      load_rest(p, id, j)
       -- the agent stopped the attempt itself (its lease ran out): not the job's failure
       if j.cancel == '1' then
-        finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now, maxlen)
+        finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now)
       else
-        emit(p, id, '9', attempt, site, msg, now, exit_code, maxlen)
-        requeue(p, id, j, 'attempt ' .. attempt .. ' lost (' .. msg .. '); requeued', now, maxlen)
+        event(j, id, '9', attempt, site, msg, now, exit_code)
+        requeue(p, id, j, 'attempt ' .. attempt .. ' lost (' .. msg .. '); requeued', now)
       end
       code = 'retry'
     elseif (new == '5' or new == '6' or new == '7') and (cur == '3' or cur == '4' or cur == '8') then
+      load_rest(p, id, j)
       local fails = (tonumber(j.fails) or 0) + (new == '6' and 1 or 0)
       if j.cancel == '1' then
-        finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now, maxlen)
+        finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now)
         code = 'ok'
       elseif cur == '8' then
-        requeue(p, id, j, 'preempted; requeued (' .. msg .. ')', now, maxlen)
+        requeue(p, id, j, 'preempted; requeued (' .. msg .. ')', now)
         code = 'retry'
       elseif new == '6' and fails < (tonumber(j.max_attempts) or 1) then
         redis.call('HSET', p .. 'job:' .. id, 'fails', fails)
         if exit_code ~= '' then redis.call('HSET', p .. 'job:' .. id, 'exit_code', exit_code) end
-        requeue(p, id, j, 'attempt ' .. attempt .. ' failed (' .. msg .. '); retrying', now, maxlen)
+        requeue(p, id, j, 'attempt ' .. attempt .. ' failed (' .. msg .. '); retrying', now)
         code = 'retry'
       else
-        finish(p, id, j, new, exit_code, msg, now, maxlen)
+        finish(p, id, j, new, exit_code, msg, now)
         code = 'ok'
       end
     elseif is_terminal(cur) and cur == new then
@@ -58,4 +62,5 @@ for i = 5, #ARGV, 5 do
   end
   out[#out + 1] = code
 end
+flush(p, maxlen)
 return out

@@ -12,9 +12,10 @@
 --       ',NO,SE,' ('' for anywhere), excluded sites as ',a,b,' ('' for none)
 -- Returns: {id, dedup, id, dedup, ...}: per job, in order, its id and 1 if an earlier job with
 -- its request id was returned else 0.
--- (Per job only its record and its two events are written one by one; the sorted-set and set
--- members of the whole call go in a few multi-member commands at the end. Few arguments per job
--- keep the caller's encoding of a large call cheap.)
+-- (Per job only its record is written one by one: its first event is in the record's history,
+-- and the sorted-set and set members and the global events of the whole call go in a few
+-- multi-member commands at the end. Few arguments per job keep the caller's encoding of a large
+-- call cheap. Fields at their defaults are not written: see load_job.)
 local p, now, ttl, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
 local all = {}      -- {0, id, 0, id ...} for {p}jobs
@@ -39,15 +40,16 @@ for o = 4, #ARGV - 4, 4 do
     out[#out + 1] = existing
     out[#out + 1] = 1
   else
-    redis.call('HSET', p .. 'job:' .. id,
-      'spec', ARGV[o + 2], 'state', '1', 'attempt', '1', 'site', '', 'gpu_type', '',
-      'tenant', tenant, 'queue', queue, 'prio', prio, 'max_attempts', max_attempts,
-      'created', now, 'updated', now, 'score', score, 'tp', ARGV[o + 3],
-      'r_gpus', gpus, 'r_cpus', cpus, 'r_mem', mem, 'cancel', '0', 'unsched', '0',
-      'reason', 'waiting for placement', 'allowed', allowed, 'excl', excl, 'fails', '0',
-      'preempts', '0', 'r_watts', '0', 'nonhome', '0', 'jur', '', 'preempting', '0')
+    local f = {'spec', ARGV[o + 2], 'state', '1', 'attempt', '1', 'tenant', tenant,
+      'queue', queue, 'prio', prio, 'max_attempts', max_attempts, 'created', now,
+      'updated', now, 'score', score, 'r_gpus', gpus, 'r_cpus', cpus, 'r_mem', mem,
+      'reason', 'waiting for placement',
+      'h', event(nil, id, '1', '1', '', 'submitted', now, '')}
+    if ARGV[o + 3] ~= '' then f[#f + 1] = 'tp'; f[#f + 1] = ARGV[o + 3] end
+    if allowed ~= '' then f[#f + 1] = 'allowed'; f[#f + 1] = allowed end
+    if excl ~= '' then f[#f + 1] = 'excl'; f[#f + 1] = excl end
+    redis.call('HSET', p .. 'job:' .. id, unpack(f))
     if crid ~= '' then redis.call('SET', idem, id, 'EX', ttl) end
-    emit(p, id, '1', '1', '', 'submitted', now, '', maxlen)
     all[#all + 1] = 0
     all[#all + 1] = id
     local members = pending[queue]
@@ -68,4 +70,5 @@ if #all > 0 then
   add_all('SADD', p .. 'queues', queues)
   redis.call('PUBLISH', p .. 'wake', '1')
 end
+flush(p, maxlen)
 return out

@@ -7,30 +7,41 @@
 local p, site, now, maxlen, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local skey = p .. 'site:' .. site
 local out = {}
+local TAKE = {'state', 'attempt', 'site', 'gpu_type', 'spec', 'tp', 'h'}
 local function add(id, j)
-  local v = redis.call('HMGET', p .. 'job:' .. id, 'spec', 'tp')
   out[#out + 1] = id
   out[#out + 1] = j.attempt
-  out[#out + 1] = v[1]
-  out[#out + 1] = v[2] or ''
+  out[#out + 1] = j.spec
+  out[#out + 1] = j.tp
   out[#out + 1] = j.gpu_type
 end
 if ARGV[6] == '1' then
   for _, id in ipairs(redis.call('ZRANGE', skey .. ':inflight', 0, -1)) do
-    local j = load_job(p, id)
+    local j = load_job(p, id, TAKE)
     if j and j.state == '3' and j.site == site then add(id, j)
     else redis.call('ZREM', skey .. ':inflight', id) end
   end
 end
-for _, id in ipairs(redis.call('ZRANGE', skey .. ':outbox', 0, limit - 1)) do
-  redis.call('ZREM', skey .. ':outbox', id)
-  local j = load_job(p, id)
-  if j and j.state == '2' and j.site == site then
-    redis.call('HSET', p .. 'job:' .. id, 'state', '3', 'updated', now,
-               'reason', 'sent to ' .. site)
-    redis.call('ZADD', skey .. ':inflight', now, id)
-    emit(p, id, '3', j.attempt, site, 'dispatched to ' .. site, now, '', maxlen)
-    add(id, j)
+local ids = redis.call('ZRANGE', skey .. ':outbox', 0, limit - 1)
+if #ids > 0 then
+  for i = 1, #ids, 4000 do
+    redis.call('ZREM', skey .. ':outbox', unpack(ids, i, math.min(i + 3999, #ids)))
   end
+  local inflight = {}
+  for _, id in ipairs(ids) do
+    local j = load_job(p, id, TAKE)
+    if j and j.state == '2' and j.site == site then
+      redis.call('HSET', p .. 'job:' .. id, 'state', '3', 'updated', now,
+                 'reason', 'sent to ' .. site,
+                 'h', event(j, id, '3', j.attempt, site, 'dispatched to ' .. site, now, ''))
+      inflight[#inflight + 1] = now
+      inflight[#inflight + 1] = id
+      add(id, j)
+    end
+  end
+  for i = 1, #inflight, 4000 do
+    redis.call('ZADD', skey .. ':inflight', unpack(inflight, i, math.min(i + 3999, #inflight)))
+  end
+  flush(p, maxlen)
 end
 return out

@@ -44,7 +44,7 @@ if offer ~= '' then
       local country = redis.call('HGET', p .. 'tenant:' .. j.tenant, 'country') or ''
       local allowed = (pol_c == '' and pol_t == '') or holds(pol_t, j.tenant) or holds(pol_c, country)
       if allowed then
-        local started = tonumber(redis.call('HGET', p .. 'job:' .. id, 'started')) or math.huge
+        local started = tonumber(j.started) or math.huge
         kept[#kept + 1] = {id = id, j = j, started = started}
         used = used + (tonumber(j.r_gpus) or 0)
       else
@@ -91,10 +91,11 @@ local what = offer ~= '' and ('offer ' .. offer) or 'the site'
 for _, v in ipairs(victims) do
   if v.j.state == '2' or requeue_mode then
     stop_attempt(p, v.id, v.j, 'capacity withdrawn at ' .. site .. ' (' .. what .. ')' .. why,
-                 now, maxlen)
+                 now)
     requeued = requeued + 1
   else
     running = running + 1
   end
 end
+flush(p, maxlen)
 return {'ok', requeued, running}

@@ -437,7 +437,7 @@ class JobEvent(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     HAS_EXIT_CODE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    """Event stream id (Redis stream id), usable as a resume cursor."""
+    """The event's place in the job's history ("1", "2", ...), usable as a resume cursor."""
     job_id: _builtins.str
     """The job the event belongs to."""
     state: Global___JobState.ValueType
