@@ -3,10 +3,12 @@
     python -m bench.idle_sites [--quick] [--sites N] [--seconds S] [--runs N] [--heartbeat S]
                                [--json PATH] [--redis-url URL]
 
-Three processes, as a deployment runs them:
+Four processes, as a deployment runs them:
 
     dispatcher  ``python -m orchestrator.roles dispatcher`` (one dispatcher, ``SG_DISPATCHERS=1``,
                 plaintext: ``SG_INSECURE=1``), holding every site's control stream
+    scheduler   ``python -m orchestrator.roles scheduler``: with nothing to place it still runs
+                a cycle a second, which reads every site's record
     fleet       ``python -m agents.fleet --sites N --insecure``: N simulated sites (full agent
                 runtimes with the sim executor) behind one gRPC server
     redis       the redis-server the store uses (its own figures from ``INFO``: CPU
@@ -23,8 +25,9 @@ their lease in answer; nothing else happens: no job is submitted.
 
 Reported per process: CPU as a percentage of one core (CPU seconds over wall seconds of a
 window, median over the windows), resident memory at the end of each phase, and the memory
-per site, ``(RSS connected - RSS empty) / N``. The control plane is the dispatcher plus Redis
-(the fleet stands in for the sites' own machines). The goals (issue 6): N idle connected sites
+per site, ``(RSS connected - RSS empty) / N``. The control plane is the dispatcher, the
+scheduler and Redis (the fleet stands in for the sites' own machines; the API server, which
+nothing calls, is left out). The goals (issue 6): N idle connected sites
 cost the control plane at most 5% of one core per 1,000 sites, and at most 100 KB of memory per
 site. Results go to ``bench/results/idle-sites-<UTC time>.json``. Every key the run wrote
 (under a key prefix of its own) is deleted afterwards.
@@ -92,7 +95,7 @@ CPU_GOAL_PERCENT_PER_1000 = 5.0
 """Control-plane CPU the goal allows for 1,000 idle sites, in percent of one core."""
 MEMORY_GOAL_KB_PER_SITE = 100.0
 """Control-plane memory the goal allows per idle site."""
-DISPATCHER, FLEET, REDIS = "dispatcher", "fleet", "redis"
+DISPATCHER, SCHEDULER, FLEET, REDIS = "dispatcher", "scheduler", "fleet", "redis"
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 30.0
 _POLL_SECONDS = 0.25
@@ -221,7 +224,7 @@ class _Phase:
     """CPU of each window and RSS at the end, per process, for one phase of the run."""
 
     def __init__(self) -> None:
-        self.cpu: dict[str, list[float]] = {DISPATCHER: [], FLEET: [], REDIS: []}
+        self.cpu: dict[str, list[float]] = {DISPATCHER: [], SCHEDULER: [], FLEET: [], REDIS: []}
         self.rss: dict[str, int] = {}
 
 
@@ -317,13 +320,15 @@ def measure(
                 env,
                 logs,
             )  # fmt: skip
-            procs[DISPATCHER] = _Python(
-                DISPATCHER, ["-m", "orchestrator.roles", "dispatcher"], env, logs
-            )
+            for role in (DISPATCHER, SCHEDULER):
+                procs[role] = _Python(role, ["-m", "orchestrator.roles", role], env, logs)
             _wait_for(
-                "fleet and dispatcher",
+                "fleet, dispatcher and scheduler",
                 list(procs.values()),
-                lambda: ready.exists() and "dispatcher running" in procs[DISPATCHER].output(),
+                lambda: (
+                    ready.exists()
+                    and all(f"{r} running" in procs[r].output() for r in (DISPATCHER, SCHEDULER))
+                ),
                 _START_TIMEOUT,
             )
             address = ready.read_text().strip()
@@ -377,7 +382,7 @@ def _report(
             rss_mb=full.rss[name] / 2**20,
             kb_per_site=(full.rss[name] - empty.rss[name]) / sizes.sites / 1024,
         )
-        for name in (DISPATCHER, FLEET, REDIS)
+        for name in (DISPATCHER, SCHEDULER, FLEET, REDIS)
     ]
     plane = [r for r in rows if r.control_plane]
     cpu = sum(r.cpu_percent for r in plane)

@@ -1,6 +1,6 @@
-"""The idle-sites benchmark runs a real dispatcher process, a real simulated fleet and a real
-redis-server, and reports in the documented shape: every figure measured, every site connected,
-nothing left behind in Redis (never how fast)."""
+"""The idle-sites benchmark runs real dispatcher and scheduler processes, a real simulated fleet
+and a real redis-server, and reports in the documented shape: every figure measured, every site
+connected, nothing left behind in Redis (never how fast)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def test_quick_run_measures_every_process(redis_server: LocalRedis) -> None:
 
     assert [(r.name, r.control_plane) for r in report.processes] == [
         ("dispatcher", True),
+        ("scheduler", True),
         ("fleet", False),
         ("redis", True),
     ]
