@@ -20,6 +20,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler
@@ -117,7 +118,7 @@ def start_span_from(
     tracer: Tracer,
     name: str,
     traceparent: str,
-    attributes: Mapping[str, str | int | float | bool] | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
 ) -> Iterator[Span]:
     """Start a span whose parent is named by ``traceparent`` (a new trace if blank)."""
     ctx = context_from_traceparent(traceparent)

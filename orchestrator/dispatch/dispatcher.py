@@ -42,6 +42,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from opentelemetry.util.types import AttributeValue
 
 from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
 from orchestrator._pb.orchestrator.v1 import types_pb2
@@ -444,34 +445,37 @@ class _SiteLink:
         return len(batch) >= _BATCH
 
     def _dispatch_batch(self, batch: Sequence[Assignment]) -> agent_pb2.DispatchBatch:
-        """The message for a batch, with a ``dispatcher.dispatch`` span in each job's trace
-        (only where the trace could record it: see ``wants_span``; otherwise the assignment
-        carries the job's own traceparent, so the agent's spans still join the job's trace)."""
+        """The message for a batch, with a ``dispatcher.dispatch`` span in each job's trace.
+
+        One span per trace, not per job: the jobs of one ``SubmitJobs`` call share a trace,
+        and one span in it lists those of them in this batch (``job.ids``; a job alone in its
+        trace gets ``job.id`` and ``job.attempt``). Only where the trace could record it (see
+        ``wants_span``); otherwise each assignment carries the job's own traceparent, so the
+        agent's spans still join the job's trace.
+        """
         out = agent_pb2.DispatchBatch()
         active = tracing_active()
+        traced: dict[str, list[Assignment]] = {}
         for a in batch:
-            if not wants_span(a.traceparent, active=active):
-                item = out.assignments.add(
-                    job_id=a.job_id,
-                    attempt=a.attempt,
-                    traceparent=a.traceparent,
-                    gpu_type=a.gpu_type,
-                )
-                item.spec.ParseFromString(a.spec)
-                continue
-            with start_span_from(
-                tracer,
-                "dispatcher.dispatch",
-                a.traceparent,
-                attributes={"job.id": a.job_id, "job.attempt": a.attempt, "site.id": self.site_id},
-            ) as span:
-                item = out.assignments.add(
-                    job_id=a.job_id,
-                    attempt=a.attempt,
-                    traceparent=span_traceparent(span),
-                    gpu_type=a.gpu_type,
-                )
-                item.spec.ParseFromString(a.spec)
+            if wants_span(a.traceparent, active=active):
+                traced.setdefault(a.traceparent, []).append(a)
+        parents: dict[str, str] = {}  # the job's traceparent -> the dispatch span's
+        for tp, group in traced.items():
+            attributes: dict[str, AttributeValue] = {"site.id": self.site_id}
+            if len(group) == 1:
+                attributes.update({"job.id": group[0].job_id, "job.attempt": group[0].attempt})
+            else:
+                attributes.update({"job.count": len(group), "job.ids": [a.job_id for a in group]})
+            with start_span_from(tracer, "dispatcher.dispatch", tp, attributes=attributes) as span:
+                parents[tp] = span_traceparent(span)
+        for a in batch:
+            item = out.assignments.add(
+                job_id=a.job_id,
+                attempt=a.attempt,
+                traceparent=parents.get(a.traceparent, a.traceparent),
+                gpu_type=a.gpu_type,
+            )
+            item.spec.ParseFromString(a.spec)
         return out
 
     async def _read(

@@ -20,7 +20,7 @@ from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import SchedulerConfig
 from orchestrator.crashpoints import crash_point
 from orchestrator.errors import StoreUnavailableError
-from orchestrator.scheduler.model import JobRequest, PlacementResult, TenantView
+from orchestrator.scheduler.model import JobRequest, Placed, PlacementResult, TenantView
 from orchestrator.scheduler.placement import DefaultPolicy, Policy
 from orchestrator.scheduler.snapshot import job_request, read_snapshot, read_tenants
 from orchestrator.store import Decision, EpochGuard, JobStore, PendingJob, SiteRecord, Victim
@@ -225,15 +225,22 @@ class Scheduler:
         """Spans in each job's own trace (linked to the cycle) carrying the decision's reasons.
 
         Only for jobs whose trace could record them (``wants_span``): with tracing off, or a
-        job's trace not sampled, nothing is built.
+        job's trace not sampled, nothing is built. Placements are traced per trace, not per
+        job: the jobs of one ``SubmitJobs`` call share a trace, and one ``scheduler.place``
+        span in it lists all of them placed this cycle (``job.ids``, ``site.ids``,
+        ``placement.commits``, in order); a job alone in its trace gets the single-job
+        attributes (``job.id``, ``site.id``, ``placement.*``).
         """
         active = tracing_active()
         if not active:
             return
 
-        def span(name: str, job_id: str, attributes: dict[str, str | int | float]) -> None:
+        def parent(job_id: str) -> str:
             cached = self._jobs.get(job_id)
-            tp = cached.traceparent if cached else ""
+            return cached.traceparent if cached else ""
+
+        def span(name: str, job_id: str, attributes: dict[str, str | int | float]) -> None:
+            tp = parent(job_id)
             if not wants_span(tp, active=active):
                 return
             with tracer.start_as_current_span(
@@ -244,19 +251,37 @@ class Scheduler:
             ):
                 pass
 
+        by_trace: dict[str, list[tuple[Placed, str]]] = {}
         for d, code in zip(result.decisions, codes, strict=True):
-            span(
-                "scheduler.place",
-                d.job_id,
-                {
-                    "job.attempt": d.attempt,
-                    "site.id": d.site_id,
-                    "placement.gpu_type": d.gpu_type,
-                    "placement.score": d.score,
-                    "placement.watts": d.watts,
-                    "placement.commit": code,
-                },
-            )
+            by_trace.setdefault(parent(d.job_id), []).append((d, code))
+        for tp, placed in by_trace.items():
+            if len(placed) == 1:
+                d, code = placed[0]
+                span(
+                    "scheduler.place",
+                    d.job_id,
+                    {
+                        "job.attempt": d.attempt,
+                        "site.id": d.site_id,
+                        "placement.gpu_type": d.gpu_type,
+                        "placement.score": d.score,
+                        "placement.watts": d.watts,
+                        "placement.commit": code,
+                    },
+                )
+            elif wants_span(tp, active=active):
+                with tracer.start_as_current_span(
+                    "scheduler.place",
+                    context=context_from_traceparent(tp),
+                    links=[link],
+                    attributes={
+                        "job.count": len(placed),
+                        "job.ids": [d.job_id for d, _ in placed],
+                        "site.ids": [d.site_id for d, _ in placed],
+                        "placement.commits": [code for _, code in placed],
+                    },
+                ):
+                    pass
         for p in result.preemptions:
             span(
                 "scheduler.preempt",

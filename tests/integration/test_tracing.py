@@ -64,3 +64,36 @@ async def test_one_trace_covers_every_hop_of_a_job(
     # and the job's own process got a TRACEPARENT in the same trace
     traceparent = out.read_text().strip()
     assert traceparent.split("-")[1] == f"{trace_id:032x}"
+
+
+async def test_a_batch_is_one_trace_with_one_span_per_hop_and_cycle(
+    spans: InMemorySpanExporter, redis_config: RedisConfig, tmp_path: Path
+) -> None:
+    async with federation(redis_config, tmp_path) as fed:
+        api = ApiServer(fed.store, listen="127.0.0.1:0")
+        address = await api.start()
+        try:
+            async with await AsyncClient.connect(address) as client:
+                specs = [
+                    types_pb2.JobSpec(name=f"b{n}", tenant="acme", command=["true"])
+                    for n in range(12)
+                ]
+                jobs = await client.submit_many(specs)
+                finals = await fed.wait_terminal([j.id for j in jobs])
+        finally:
+            await api.stop(grace=1)
+    assert {f.state for f in finals} == {types_pb2.JOB_STATE_SUCCEEDED}
+    ids = {j.id for j in jobs}
+
+    finished = spans.get_finished_spans()
+    [batch] = [s for s in finished if s.name == "api.submit_batch"]
+    in_trace = [s for s in finished if s.context.trace_id == batch.context.trace_id]
+    for hop in ("scheduler.place", "dispatcher.dispatch"):
+        hop_spans = [s for s in in_trace if s.name == hop]
+        listed: list[str] = []
+        for s in hop_spans:
+            assert s.attributes is not None
+            listed += list(s.attributes.get("job.ids", [s.attributes.get("job.id")]))
+        # every job of the batch exactly once, in fewer spans than jobs
+        assert sorted(listed) == sorted(ids), hop
+        assert len(hop_spans) < len(ids), hop
