@@ -85,7 +85,7 @@ class LocalRedis:
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--save", "",
-            "--hash-max-ziplist-value", "1024",
+            "--hash-max-ziplist-value", "1024",  # compact job records (JobStore._memory_advice)
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 EVENTS_MAXLEN = 20_000
 """Entries kept in the global events stream (each holds up to 100 events: see lua/_lib.lua)."""
 IDEMPOTENCY_TTL_SECONDS = 7 * 24 * 3600
+_RECORD_VALUE_BYTES = 1024  # hash-max-ziplist-value that keeps job records listpacks
 _READ_PER_CALL = 5_000  # job ids per read script call (Lua's unpack and reply sizes stay small)
 _CLASS_SPAN = 10**13  # ms; pending score = (CRITICAL - class) * span + submit ms
 _LIST_SCAN = 500
@@ -434,7 +435,26 @@ class JobStore:
                 f"Redis has appendfsync={_s(fsync.get('appendfsync'))}: up to a second of "
                 "acknowledged jobs can be lost if the host crashes (set appendfsync always)"
             )
-        return warnings
+        return warnings + await self._memory_advice()
+
+    async def _memory_advice(self) -> list[str]:
+        """Whether job records can stay compact: a record (a few hundred bytes with its spec and
+        history) is a listpack only while every value fits ``hash-max-ziplist-value`` (called
+        ``hash-max-listpack-value`` since Redis 7); past it a record takes about three times
+        the memory. ``LocalRedis`` sets 1024."""
+        with self._unavailable():
+            try:
+                got = await self.client.config_get("hash-max-ziplist-value")
+            except redis.exceptions.ResponseError:  # a managed Redis may refuse CONFIG
+                return []
+        value = next(iter(got.values()), None) if got else None
+        if value is None or int(value) >= _RECORD_VALUE_BYTES:
+            return []
+        return [
+            f"Redis has hash-max-ziplist-value={_s(value)}: job records over it take about "
+            f"three times the memory (set hash-max-ziplist-value {_RECORD_VALUE_BYTES}, "
+            "hash-max-listpack-value on Redis 7)"
+        ]
 
     # ---------------------------------------------------------------- jobs
 

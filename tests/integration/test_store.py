@@ -250,6 +250,23 @@ async def test_durability_settings_are_checked(store: JobStore) -> None:
         await store.client.config_set("appendfsync", "always")
 
 
+async def test_a_redis_that_would_inflate_job_records_is_named(store: JobStore) -> None:
+    await store.client.config_set("hash-max-ziplist-value", "64")
+    try:
+        [warning] = await store.durability_warnings()
+        assert "hash-max-ziplist-value=64" in warning
+    finally:
+        await store.client.config_set("hash-max-ziplist-value", "1024")
+    assert await store.durability_warnings() == []
+
+
+async def test_a_queued_job_record_stays_compact(store: JobStore) -> None:
+    job, _ = await store.submit(spec("compact"))
+    encoding = await store.client.object("encoding", store.keys.job(job.id))
+    assert encoding in (b"ziplist", b"listpack")  # Redis 6 and 7 names
+    assert not await store.client.exists(f"{store.keys.job(job.id)}:ev")  # no stream per job
+
+
 async def test_unreachable_redis_is_unavailable_and_writes_nothing() -> None:
     from orchestrator.store import free_port
 
