@@ -16,7 +16,7 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from agents.config import AGENT_VERSION, AgentConfig
@@ -29,9 +29,16 @@ from orchestrator.errors import InvalidSpecError, SiteNotFoundError
 from orchestrator.tracing import configure_tracing
 
 __all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "add_log_level",
+    "add_ready_file",
     "add_transport_security",
     "build_parser",
     "main",
+    "parse_serving_args",
+    "serve_until_signalled",
     "transport_security",
     "write_ready_file",
 ]
@@ -39,8 +46,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+"""Stopped cleanly (SIGTERM or SIGINT)."""
 EXIT_FAILED = 1
+"""Could not start (address in use, unwritable state directory, ...)."""
 EXIT_USAGE = 2
+"""Bad arguments, site file or certificate files."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,12 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="journal and job output directory (default: .sg/agents/<site>)",
     )
-    parser.add_argument(
-        "--ready-file",
-        type=Path,
-        metavar="PATH",
-        help="once serving, write the bound host:port here (atomically)",
-    )
+    add_ready_file(parser)
     parser.add_argument(
         "--executor",
         choices=["local", "sim"],
@@ -118,14 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
         parser,
         cert_help="this agent's certificate, naming <site>.site.sovereign-grid (sgctl certs issue)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level (default: %(default)s)",
-    )
+    add_log_level(parser, default="info")
     parser.add_argument("--version", action="version", version=f"sg-agent {AGENT_VERSION}")
     return parser
+
+
+def add_ready_file(parser: argparse.ArgumentParser) -> None:
+    """Add ``--ready-file`` (for ``serve_until_signalled``)."""
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="once serving, write the bound host:port here (atomically)",
+    )
+
+
+def add_log_level(parser: argparse.ArgumentParser, *, default: str, note: str = "") -> None:
+    """Add ``--log-level`` (read back by ``parse_serving_args``); ``note`` is added to its help
+    after the default."""
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=["debug", "info", "warning", "error"],
+        help=f"log level (default: %(default)s{note})",
+    )
 
 
 def add_transport_security(parser: argparse.ArgumentParser, *, cert_help: str) -> None:
@@ -146,15 +167,26 @@ def add_transport_security(parser: argparse.ArgumentParser, *, cert_help: str) -
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sg-agent`` and ``python -m agents``; returns the exit code."""
-    parser = build_parser()
+def parse_serving_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, TlsFiles | None]:
+    """Parse the arguments of a command built with ``add_transport_security`` and
+    ``add_log_level``, read its transport security (exits 2 as ``transport_security`` does) and
+    configure logging at the chosen level: what ``sg-agent`` and ``python -m agents.fleet`` do
+    first."""
     args = parser.parse_args(argv)
     tls = transport_security(parser, args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    return args, tls
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sg-agent`` and ``python -m agents``; returns the exit code."""
+    parser = build_parser()
+    args, tls = parse_serving_args(parser, argv)
     if tls is None:
         log.warning(
             "--insecure: the control stream is plaintext and unauthenticated; anyone who can "
@@ -216,29 +248,66 @@ def transport_security(
 
 async def _serve(config: AgentConfig, executor: Executor, *, ready_file: Path | None) -> int:
     server = AgentServer(config, executor=executor)
-    try:
-        address = await server.start()
-    except InvalidSpecError as exc:  # certificate files
-        print(f"sg-agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (OSError, RuntimeError, sqlite3.Error) as exc:
-        print(f"sg-agent: cannot start the agent on {config.listen}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        if ready_file is not None:
-            write_ready_file(ready_file, address)
+
+    def ready(address: str) -> None:
         log.info(
             "sg-agent for site %s ready on %s (%s executor)",
             config.site.id, address, type(executor).__name__,
         )  # fmt: skip
-        await stop.wait()
+
+    async def stop() -> None:
         log.info("stopping: terminating running jobs")
-    finally:
         await server.stop(kill_jobs=True)
+
+    return await serve_until_signalled(
+        prog="sg-agent",
+        what="the agent",
+        start=server.start,
+        stop=stop,
+        listen=config.listen,
+        ready_file=ready_file,
+        ready=ready,
+    )
+
+
+async def serve_until_signalled(
+    *,
+    prog: str,
+    what: str,
+    start: Callable[[], Awaitable[str]],
+    stop: Callable[[], Awaitable[None]],
+    listen: str,
+    ready_file: Path | None,
+    ready: Callable[[str], None],
+) -> int:
+    """Run a server until SIGTERM or SIGINT; returns the exit code.
+
+    ``start()`` serves and returns the bound ``host:port``: ``InvalidSpecError`` (certificate
+    files) is reported as ``<prog>: <error>`` and exit code 2, a failure to start (``OSError``,
+    ``RuntimeError``, ``sqlite3.Error``) as ``<prog>: cannot start <what> on <listen>: <error>``
+    and 1. Once serving, the address is written to ``ready_file`` (if given), ``ready(address)``
+    is called, and the first signal makes it ``stop()`` (also if anything before fails) and
+    return 0.
+    """
+    try:
+        address = await start()
+    except InvalidSpecError as exc:  # certificate files
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, RuntimeError, sqlite3.Error) as exc:
+        print(f"{prog}: cannot start {what} on {listen}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        if ready_file is not None:
+            write_ready_file(ready_file, address)
+        ready(address)
+        await stopping.wait()
+    finally:
+        await stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     return EXIT_OK

@@ -88,7 +88,8 @@ class AgentConfig:
         attempt's launch shim, which stops the job if the agent cannot when the lease ends.
         Kept up to date while the agent holds attempts (and before one starts); an idle agent
         leaves it as it was, which may say the lease is over (never that it runs longer than
-        it does). An agent with the simulated executor writes none."""
+        it does). An agent whose executor needs none (``Executor.needs_lease_file``: the simulated
+        one) writes none."""
         return self.state_dir / "lease"
 
     @property

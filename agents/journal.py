@@ -16,6 +16,11 @@ Tables::
 holding the highest numbers were acknowledged and deleted. An unfinished attempt's row holds
 what a restarted agent needs to re-adopt its process: identity, start time, GPU slots, command
 and max runtime. Columns added since the first version are added to older files on opening.
+
+``MemoryJournal`` gives the same answers from this process's memory only, without SQL or a
+transaction per change: for simulated sites (``agents.fleet``), whose attempts end with the
+process anyway, so that there is nothing for a restart to read. Both are ``AttemptJournal``s,
+the interface the agent's runtime uses.
 """
 
 from __future__ import annotations
@@ -28,11 +33,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.states import JobState
 
-__all__ = ["AttemptRecord", "AttemptState", "Journal", "StatusRecord"]
+__all__ = [
+    "AttemptJournal",
+    "AttemptRecord",
+    "AttemptState",
+    "Journal",
+    "MemoryJournal",
+    "StatusRecord",
+]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +172,78 @@ class StatusRecord:
     """Human-readable detail."""
     time: float
     """When it happened, epoch seconds."""
+
+
+class AttemptJournal(Protocol):
+    """What the agent's runtime keeps through a journal (``Journal``, ``MemoryJournal``).
+
+    A state change of an attempt and the status update reporting it are recorded together: each
+    ``record_*`` returning a ``StatusRecord`` has queued that update, numbered by a ``seq`` that
+    is never handed out twice.
+    """
+
+    def close(self) -> None:
+        """Release the journal; it is unusable afterwards."""
+        ...
+
+    def get_attempt(self, job_id: str, attempt: int) -> AttemptRecord | None:
+        """The journaled attempt, or None if never seen."""
+        ...
+
+    def latest_attempt(self, job_id: str) -> int | None:
+        """Highest attempt number seen for ``job_id``, or None."""
+        ...
+
+    def unfinished_attempts(self) -> list[AttemptRecord]:
+        """Attempts accepted or running, by acceptance time (then job id and attempt)."""
+        ...
+
+    def record_accepted(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        gpu_type: str,
+        gpu_slots: Iterable[int],
+        now: float,
+        command: Sequence[str] = (),
+        max_runtime_seconds: float | None = None,
+    ) -> None:
+        """Record a newly accepted attempt (its GPU slots reserved, not started yet)."""
+        ...
+
+    def record_started(
+        self, job_id: str, attempt: int, *, identity: str, pid: int | None, now: float
+    ) -> StatusRecord:
+        """Mark an attempt running and queue its RUNNING update."""
+        ...
+
+    def record_finished(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        state: AttemptState,
+        exit_code: int | None,
+        message: str,
+        now: float,
+    ) -> StatusRecord:
+        """Mark an attempt ended and queue its terminal update."""
+        ...
+
+    def record_cancelled_unseen(
+        self, job_id: str, attempt: int, *, message: str, now: float
+    ) -> StatusRecord:
+        """Record a cancel for an attempt never dispatched here, and queue its CANCELLED update."""
+        ...
+
+    def unacked_status(self) -> list[StatusRecord]:
+        """Every status update not yet acknowledged, in ``seq`` order."""
+        ...
+
+    def ack_status(self, seqs: Iterable[int]) -> int:
+        """Forget acknowledged updates; returns how many were still held."""
+        ...
 
 
 class Journal:
@@ -375,6 +459,161 @@ class Journal:
             message=message,
             time=now,
         )
+
+
+# An attempt in a ``MemoryJournal``: ``AttemptRecord``'s fields in order, the state as its string.
+# A tuple of strings, numbers and tuples of them, which the garbage collector stops tracking: a
+# fleet keeps one per attempt it ever ran, and the collector would otherwise walk them all.
+_Row = tuple[
+    str, int, str, bool, str, int | None, str, tuple[int, ...], float, float | None,
+    float | None, int | None, str, tuple[str, ...], float | None,
+]  # fmt: skip
+
+
+class MemoryJournal:
+    """An ``AttemptJournal`` in this process's memory only: gone with the process.
+
+    For agents whose attempts cannot outlive their process either (simulated sites, see
+    ``agents.fleet``): a restart would find nothing to resend or re-adopt, so the records need
+    no file, and each change is a few dictionary operations instead of an SQL transaction. It
+    answers as ``Journal`` does (``tests/agents/test_agent_journal.py`` runs both); every attempt
+    ever journaled is kept, so that duplicates and stale attempts are refused for the process's
+    life. Use from one thread (the agent's event loop).
+    """
+
+    def __init__(self) -> None:
+        self._attempts: dict[tuple[str, int], _Row] = {}
+        self._latest: dict[str, int] = {}
+        self._outbox: dict[int, StatusRecord] = {}
+        self._seq = 0
+
+    def close(self) -> None:
+        """Drop every record. The journal is unusable afterwards."""
+        self._attempts, self._latest, self._outbox = {}, {}, {}
+
+    # --- attempts --------------------------------------------------------------------------------
+
+    def get_attempt(self, job_id: str, attempt: int) -> AttemptRecord | None:
+        """The journaled attempt, or None if never seen."""
+        row = self._attempts.get((job_id, attempt))
+        return None if row is None else _record(row)
+
+    def latest_attempt(self, job_id: str) -> int | None:
+        """Highest attempt number seen for ``job_id``, or None."""
+        return self._latest.get(job_id)
+
+    def unfinished_attempts(self) -> list[AttemptRecord]:
+        """Attempts accepted or running, by acceptance time (then job id and attempt)."""
+        unfinished = (AttemptState.ACCEPTED.value, AttemptState.RUNNING.value)
+        rows = [row for row in self._attempts.values() if row[2] in unfinished]
+        rows.sort(key=lambda row: (row[8], row[0], row[1]))
+        return [_record(row) for row in rows]
+
+    def record_accepted(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        gpu_type: str,
+        gpu_slots: Iterable[int],
+        now: float,
+        command: Sequence[str] = (),
+        max_runtime_seconds: float | None = None,
+    ) -> None:
+        """Record a newly accepted attempt (its GPU slots reserved, not started yet).
+        ``ValueError`` if the attempt is journaled already."""
+        self._insert(
+            (job_id, attempt, _ACCEPTED, True, "", None, gpu_type, tuple(gpu_slots), now,
+             None, None, None, "", tuple(command), max_runtime_seconds)
+        )  # fmt: skip
+
+    def record_started(
+        self, job_id: str, attempt: int, *, identity: str, pid: int | None, now: float
+    ) -> StatusRecord:
+        """Mark an attempt running and queue its RUNNING update."""
+        key = (job_id, attempt)
+        row = self._attempts.get(key)
+        if row is not None:
+            self._attempts[key] = (*row[:2], _RUNNING, row[3], identity, pid, *row[6:9], now,
+                                   *row[10:])  # fmt: skip
+        return self._append(job_id, attempt, JobState.RUNNING, None, "started", now)
+
+    def record_finished(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        state: AttemptState,
+        exit_code: int | None,
+        message: str,
+        now: float,
+    ) -> StatusRecord:
+        """Mark an attempt ended and queue its terminal update."""
+        if not state.is_finished():
+            raise ValueError(f"{state} is not a final state")
+        key = (job_id, attempt)
+        row = self._attempts.get(key)
+        if row is not None:
+            self._attempts[key] = (*row[:2], state.value, *row[3:10], now, exit_code, message,
+                                   *row[13:])  # fmt: skip
+        return self._append(job_id, attempt, _JOB_STATE[state], exit_code, message, now)
+
+    def record_cancelled_unseen(
+        self, job_id: str, attempt: int, *, message: str, now: float
+    ) -> StatusRecord:
+        """Record a cancel for an attempt never dispatched here, and queue its CANCELLED update.
+        ``ValueError`` if the attempt is journaled already."""
+        self._insert(
+            (job_id, attempt, AttemptState.CANCELLED.value, False, "", None, "", (), now, None,
+             now, None, message, (), None)
+        )  # fmt: skip
+        return self._append(job_id, attempt, JobState.CANCELLED, None, message, now)
+
+    def _insert(self, row: _Row) -> None:
+        job_id, attempt = row[0], row[1]
+        key = (job_id, attempt)
+        if key in self._attempts:
+            raise ValueError(f"attempt {attempt} of job {job_id!r} is journaled already")
+        self._attempts[key] = row
+        latest = self._latest.get(job_id)
+        if latest is None or attempt > latest:
+            self._latest[job_id] = attempt
+
+    # --- outbox ----------------------------------------------------------------------------------
+
+    def unacked_status(self) -> list[StatusRecord]:
+        """Every status update not yet acknowledged, in ``seq`` order."""
+        return list(self._outbox.values())
+
+    def ack_status(self, seqs: Iterable[int]) -> int:
+        """Forget acknowledged updates; returns how many were still held."""
+        outbox, held = self._outbox, 0
+        for seq in seqs:
+            if outbox.pop(int(seq), None) is not None:
+                held += 1
+        return held
+
+    def _append(
+        self,
+        job_id: str,
+        attempt: int,
+        state: JobState,
+        exit_code: int | None,
+        message: str,
+        now: float,
+    ) -> StatusRecord:
+        self._seq += 1
+        record = StatusRecord(self._seq, job_id, attempt, state, exit_code, message, now)
+        self._outbox[self._seq] = record
+        return record
+
+
+_ACCEPTED = AttemptState.ACCEPTED.value
+_RUNNING = AttemptState.RUNNING.value
+
+
+def _record(row: _Row) -> AttemptRecord:
+    return AttemptRecord(row[0], row[1], AttemptState(row[2]), *row[3:])
 
 
 _ATTEMPT_COLUMNS = (

@@ -21,14 +21,22 @@ The lease (see ``AgentConfig.lease_seconds``) costs an idle agent nothing but it
 the watchdog that stops attempts when it runs out sleeps until the lease would end, and only
 while attempts are held; the lease file, which attempts' launch shims read to stop their job if
 the agent cannot and which a restarted agent reads, is written only while attempts are held (and
-before one starts), off the event loop. An executor whose attempts are not processes
-(``SimExecutor``) has no shim and leaves nothing to re-adopt, so its agent writes no lease file.
+before one starts), off the event loop. An executor whose attempts cannot outlive the agent
+(``Executor.needs_lease_file`` False: ``SimExecutor``) has no shim and leaves nothing to
+re-adopt, so its agent writes no lease file.
+
+What one attempt costs the agent is kept to its bookkeeping: the accept and run spans are made
+only when they could be recorded (``orchestrator.tracing.wants_span``, asked once per dispatch
+batch; a tracer given to the runtime counts as recording), and an ``InlineExecutor``'s attempts
+(simulated ones) are started a dispatch batch at a time in one loop callback and followed through
+their ``on_end`` callback, with no task per attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -42,14 +50,26 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode, Tracer
 
 from agents.config import AgentConfig
-from agents.executors.base import AttemptHandle, Executor, ExitResult, LaunchError, LaunchSpec
-from agents.executors.sim import SimExecutor
+from agents.executors.base import (
+    AttemptHandle,
+    Executor,
+    ExitResult,
+    InlineExecutor,
+    LaunchError,
+    LaunchSpec,
+)
 from agents.gpus import GpuAllocation, GpuInventory, InsufficientGpusError
-from agents.journal import AttemptRecord, AttemptState, Journal, StatusRecord
+from agents.journal import AttemptJournal, AttemptRecord, AttemptState, Journal, StatusRecord
 from agents.logs import OutputStream
 from orchestrator.errors import NotFoundError
 from orchestrator.states import JobState
-from orchestrator.tracing import context_from_traceparent, get_tracer, span_traceparent
+from orchestrator.tracing import (
+    context_from_traceparent,
+    get_tracer,
+    span_traceparent,
+    tracing_active,
+    wants_span,
+)
 
 __all__ = [
     "AckResult",
@@ -64,6 +84,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NOT_RUNNING_HERE = "not running at this site"
+_DEVNULL = Path(os.devnull)
 _NOT_STARTED = "agent restarted before it started"
 
 
@@ -169,13 +190,16 @@ class AttemptOutput:
         return [item for item in both if stream is None or item[0] is stream]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Attempt:
     request: AttemptRequest
     allocation: GpuAllocation
-    directory: Path
-    accept_span: Span
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    accept_span: Span | None
+    """None when no span could be recorded (see ``AgentRuntime.dispatch``)."""
+    watts: int = 0
+    """What its GPUs draw, counted against the site's power cap while it is held."""
+    ended: asyncio.Event | None = None
+    """Set once it has ended; made only when someone waits (``_ended_event``)."""
     handle: AttemptHandle | None = None
     run_span: Span | None = None
     cancel: CancelRequest | None = None
@@ -183,6 +207,7 @@ class _Attempt:
     fenced: str = ""
     """Why the agent stopped it on its own (its lease ran out), or ""."""
     task: asyncio.Task[None] | None = None
+    """What runs and follows it; None for an inline executor's attempts (callbacks instead)."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -199,23 +224,41 @@ class AgentRuntime:
         executor: Executor,
         tracer: Tracer | None = None,
         clock: Callable[[], float] = time.time,
+        journal: Callable[[], AttemptJournal] | None = None,
     ) -> None:
+        """``tracer``: where the accept and run spans go; when given, they are always made,
+        else only while tracing is on (``orchestrator.tracing.tracing_active``). ``journal``
+        opens the journal; default: the SQLite file at ``config.journal_path``."""
         self._config = config
         self._site = config.site
         self._executor = executor
         self._tracer = tracer or get_tracer(__name__)
+        self._tracer_given = tracer is not None
         self._clock = clock
+        self._open_journal = journal or functools.partial(Journal, config.journal_path)
         self._gpus = GpuInventory(config.site.gpus)
-        self._journal: Journal | None = None
+        self._gpu_watts = dict(config.site.gpu_watts)
+        self._power_cap_watts = int(config.site.power_cap_mw * 1_000_000)
+        self._watts_in_use = 0
+        self._attempts_dir = config.attempts_dir
+        self._lease_path = config.lease_path
+        self._journal: AttemptJournal | None = None
         self._active: dict[tuple[str, int], _Attempt] = {}
         self._outbox: dict[int, StatusRecord] = {}
         self._outbox_changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._lease = _Lease(config.lease_seconds)
-        self._lease_file = (
-            None if isinstance(executor, SimExecutor) else _LeaseFile(config.lease_path)
+        self._lease_file = _LeaseFile(self._lease_path) if executor.needs_lease_file else None
+        self._inline: InlineExecutor | None = (
+            executor
+            if isinstance(executor, InlineExecutor) and not executor.needs_lease_file
+            else None
         )
+        """Set when attempts start inline (no lease file to write first, so nothing to wait
+        for): see ``_start_inline``."""
+        self._to_start: list[_Attempt] = []
+        """Accepted attempts of an inline executor, started by the next ``_start_inline``."""
         self._watchdog: asyncio.Task[None] | None = None
         self._watchdog_wake = asyncio.Event()
         self._watchdog_idle = False
@@ -247,10 +290,10 @@ class AgentRuntime:
         if self._journal is not None:
             return
         self._config.state_dir.mkdir(parents=True, exist_ok=True)
-        journal = Journal(self._config.journal_path)
+        journal = self._open_journal()
         self._journal = journal
         self._closing = False
-        self._lease.load(self._config.lease_path)
+        self._lease.load(self._lease_path)
         self._outbox = {record.seq: record for record in journal.unacked_status()}
         for record in journal.unfinished_attempts():
             await self._settle(record)
@@ -327,8 +370,8 @@ class AgentRuntime:
         att = _Attempt(
             request=req,
             allocation=allocation,
-            directory=self._attempt_dir(record.job_id, record.attempt),
             accept_span=span,
+            watts=self._draw_watts(allocation),
             handle=handle,
             run_span=span,
         )
@@ -339,7 +382,7 @@ class AgentRuntime:
             "%s attempt %d: re-adopted after an agent restart (%s)%s",
             record.job_id, record.attempt, handle.identity, "; stopping it" if att.fenced else "",
         )  # fmt: skip
-        self._active[att.key] = att
+        self._hold(att)
         att.task = asyncio.create_task(self._follow(att, handle), name=f"follow {att.key}")
 
     def _record_end(
@@ -372,9 +415,10 @@ class AgentRuntime:
             att.shutting_down = True
             if att.handle is not None:
                 self._spawn(att.handle.terminate(grace))
-        tasks = [att.task for att in attempts if att.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # the tasks of attempts that have one; the others (inline) end through their callbacks
+        waits = [att.task or self._ended_event(att).wait() for att in attempts]
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._lease_file is not None:
@@ -385,31 +429,42 @@ class AgentRuntime:
     # --- dispatch and cancel ---------------------------------------------------------------------
 
     def dispatch(self, requests: Sequence[AttemptRequest]) -> list[AckResult]:
-        """Decide on each assignment, in order; accepted ones start right after this returns."""
-        return [self._dispatch_one(request) for request in requests]
+        """Decide on each assignment, in order; accepted ones start right after this returns.
 
-    def _dispatch_one(self, req: AttemptRequest) -> AckResult:
+        Whether spans could be recorded is asked once for the batch: an assignment gets its
+        ``agent.accept`` and ``job.run`` spans only if so and its trace is sampled (the job then
+        gets the assignment's own traceparent, as it would under a span that records nothing).
+        """
+        recording = self._tracer_given or tracing_active()
+        return [self._dispatch_one(request, recording) for request in requests]
+
+    def _dispatch_one(self, req: AttemptRequest, recording: bool) -> AckResult:
         journal = self._require_journal()
-        attrs: dict[str, str | int | bool] = {
-            "job.id": req.job_id,
-            "job.attempt": req.attempt,
-            "site.id": self._site.id,
-        }
-        with self._tracer.start_as_current_span(
-            "agent.accept", context=context_from_traceparent(req.traceparent), attributes=attrs
-        ) as span:
-            ack = self._decide(req, journal, span)
-            span.set_attribute("agent.accepted", ack.accepted)
-            span.set_attribute("agent.duplicate", ack.duplicate)
-            if ack.reason:
-                span.set_attribute("agent.reason", ack.reason)
+        if not wants_span(req.traceparent, active=recording):
+            ack = self._decide(req, journal, None)
+        else:
+            attrs: dict[str, str | int | bool] = {
+                "job.id": req.job_id,
+                "job.attempt": req.attempt,
+                "site.id": self._site.id,
+            }
+            with self._tracer.start_as_current_span(
+                "agent.accept",
+                context=context_from_traceparent(req.traceparent),
+                attributes=attrs,
+            ) as span:
+                ack = self._decide(req, journal, span)
+                span.set_attribute("agent.accepted", ack.accepted)
+                span.set_attribute("agent.duplicate", ack.duplicate)
+                if ack.reason:
+                    span.set_attribute("agent.reason", ack.reason)
         if ack.accepted and not ack.duplicate:
             log.info("accepted %s attempt %d", req.job_id, req.attempt)
         elif not ack.accepted:
             log.info("refused %s attempt %d: %s", req.job_id, req.attempt, ack.reason)
         return ack
 
-    def _decide(self, req: AttemptRequest, journal: Journal, span: Span) -> AckResult:
+    def _decide(self, req: AttemptRequest, journal: AttemptJournal, span: Span | None) -> AckResult:
         def refuse(reason: str) -> AckResult:
             return AckResult(req.job_id, req.attempt, accepted=False, reason=reason)
 
@@ -438,13 +493,15 @@ class AgentRuntime:
                 f"{self._site.jurisdiction}"
             )
         try:
+            gpus = req.gpus_needed
             gpu_type = self._gpus.choose_type(
-                req.gpus_needed, required=req.gpu_type, suggested=req.assigned_gpu_type
+                gpus, required=req.gpu_type, suggested=req.assigned_gpu_type
             )
-            allocation = self._gpus.allocate(gpu_type, req.gpus_needed)
+            allocation = self._gpus.allocate(gpu_type, gpus)
         except InsufficientGpusError as exc:
             return refuse(f"insufficient capacity: {exc}")
-        over = self._power_excess(allocation)
+        watts = self._draw_watts(allocation)
+        over = self._power_excess(watts)
         if over:
             self._gpus.release(allocation)
             return refuse(over)
@@ -461,31 +518,36 @@ class AgentRuntime:
         except BaseException:
             self._gpus.release(allocation)
             raise
-        att = _Attempt(
-            request=req,
-            allocation=allocation,
-            directory=self._attempt_dir(req.job_id, req.attempt),
-            accept_span=span,
-        )
-        self._active[att.key] = att
+        att = _Attempt(request=req, allocation=allocation, accept_span=span, watts=watts)
+        self._hold(att)
         if started or len(self._active) == 1:  # the file may be stale: bring it up to date
             self._lease_moved()
         if self._watchdog_idle:
             self._watchdog_wake.set()
-        att.task = asyncio.create_task(self._run(att), name=f"run {req.job_id}/{req.attempt}")
+        if self._inline is not None:
+            if not self._to_start:
+                asyncio.get_running_loop().call_soon(self._start_inline, self._inline)
+            self._to_start.append(att)
+        else:
+            att.task = asyncio.create_task(self._run(att), name=f"run {req.job_id}/{req.attempt}")
         return AckResult(req.job_id, req.attempt, accepted=True)
 
-    def _draw_watts(self, allocation: GpuAllocation) -> int:
-        return len(allocation.slots) * self._site.gpu_watts.get(allocation.gpu_type, 0)
+    def _hold(self, att: _Attempt) -> None:
+        self._active[att.key] = att
+        self._watts_in_use += att.watts
 
-    def _power_excess(self, allocation: GpuAllocation) -> str:
-        """Why starting ``allocation`` would take the site over its power cap, or ""."""
-        cap = int(self._site.power_cap_mw * 1_000_000)
-        new = self._draw_watts(allocation)
+    def _draw_watts(self, allocation: GpuAllocation) -> int:
+        if not allocation.slots:
+            return 0
+        return len(allocation.slots) * self._gpu_watts.get(allocation.gpu_type, 0)
+
+    def _power_excess(self, new: int) -> str:
+        """Why starting an attempt drawing ``new`` watts would take the site over its power cap,
+        or "". What the held attempts draw is kept as they come and go (``_watts_in_use``)."""
         if not new:
             return ""
-        in_use = sum(self._draw_watts(a.allocation) for a in self._active.values())
-        if in_use + new <= cap:
+        in_use = self._watts_in_use
+        if in_use + new <= self._power_cap_watts:
             return ""
         return (
             f"power: {new / 1000:g} kW more would exceed the {self._site.power_cap_mw:g} MW cap "
@@ -546,12 +608,8 @@ class AgentRuntime:
         """Every attempt this agent holds, for a new stream's hello, as the control plane names
         its state: DISPATCHED (accepted, not started) or RUNNING, and for an ended one whose
         status update is not acknowledged yet, the state that update reports."""
-        out = {
-            att.key: (
-                JobState.RUNNING
-                if att.handle is not None and not att.ended.is_set()
-                else JobState.DISPATCHED
-            )
+        out = {  # an attempt leaves ``_active`` as it ends
+            att.key: JobState.RUNNING if att.handle is not None else JobState.DISPATCHED
             for att in self._active.values()
         }
         for record in self._outbox.values():
@@ -625,8 +683,8 @@ class AgentRuntime:
     async def wait_for_updates(self, *, after_seq: int = 0) -> None:
         """Return once an unacknowledged update with ``seq > after_seq`` exists."""
         while next(reversed(self._outbox), 0) <= after_seq:
-            event = self._outbox_changed
-            await event.wait()
+            self._outbox_changed.clear()  # set by the next ``_emit``
+            await self._outbox_changed.wait()
 
     def ack_status(self, seqs: Iterable[int]) -> int:
         """Forget acknowledged updates (unknown seqs are ignored); returns how many were held."""
@@ -648,7 +706,7 @@ class AgentRuntime:
         """Where an attempt's output is; ``AttemptNotFoundError`` if it never ran here."""
         att = self._active.get((job_id, attempt))
         if att is not None:
-            ended = att.ended
+            ended = self._ended_event(att)
         else:
             record = self._require_journal().get_attempt(job_id, attempt)
             if record is None or not record.dispatched:
@@ -665,42 +723,15 @@ class AgentRuntime:
         try:
             if self._lease_file is not None:
                 await self._lease_file.flush()  # its launch shim reads the lease's end there
-            if att.cancel is not None or att.shutting_down or att.fenced:
-                if att.fenced:
-                    state, why = AttemptState.LOST, att.fenced
-                elif att.cancel is not None:
-                    state, why = AttemptState.CANCELLED, "cancelled"
-                else:
-                    state, why = AttemptState.FAILED, "agent shutting down"
-                self._finish(att, state, None, f"{why} before start")
+            if self._stopped_before_start(att):
                 return
-            run_span = self._tracer.start_span(
-                "job.run",
-                context=trace.set_span_in_context(att.accept_span),
-                attributes={
-                    "job.id": req.job_id,
-                    "job.attempt": req.attempt,
-                    "site.id": self._site.id,
-                },
-            )
-            att.run_span = run_span
-            spec = self._launch_spec(att, traceparent=span_traceparent(run_span))
+            spec = self._launch_spec(att, traceparent=self._run_traceparent(att))
             try:
                 handle = await self._executor.start(spec)
             except LaunchError as exc:
                 self._finish(att, AttemptState.FAILED, exc.exit_code, exc.message)
                 return
-            att.handle = handle
-            self._emit(
-                self._require_journal().record_started(
-                    req.job_id,
-                    req.attempt,
-                    identity=handle.identity,
-                    pid=handle.pid,
-                    now=self._clock(),
-                )
-            )
-            log.info("started %s attempt %d (%s)", req.job_id, req.attempt, handle.identity)
+            self._started(att, handle)
             if att.cancel is not None or att.shutting_down or att.fenced:  # came while starting
                 grace = att.cancel.grace_seconds if att.cancel else None
                 self._spawn(handle.terminate(self._grace(grace)))
@@ -710,6 +741,75 @@ class AgentRuntime:
                 self._finish(att, AttemptState.FAILED, None, f"agent error: {exc}")
             return
         await self._follow(att, handle)
+
+    def _start_inline(self, inline: InlineExecutor) -> None:
+        """Start the attempts accepted since the last call (one loop callback per dispatch
+        batch, scheduled by ``_decide``), as ``_run`` starts one."""
+        starting, self._to_start = self._to_start, []
+        for att in starting:
+            try:
+                if self._stopped_before_start(att):
+                    continue
+                spec = self._launch_spec(att, traceparent=self._run_traceparent(att))
+                try:
+                    handle = inline.start_inline(spec, functools.partial(self._inline_ended, att))
+                except LaunchError as exc:
+                    self._finish(att, AttemptState.FAILED, exc.exit_code, exc.message)
+                    continue
+                self._started(att, handle)
+            except Exception as exc:
+                log.exception("%s attempt %d: agent error", *att.key)
+                self._fail_held(att, exc)
+
+    def _inline_ended(self, att: _Attempt, result: ExitResult) -> None:
+        """An inline executor's attempt ended: ``_follow`` without the waiting."""
+        try:
+            self._finish(att, *self._outcome(att, result))
+        except Exception as exc:
+            log.exception("%s attempt %d: agent error", *att.key)
+            self._fail_held(att, exc)
+
+    def _fail_held(self, att: _Attempt, exc: Exception) -> None:
+        if att.key in self._active and self._journal is not None:
+            self._finish(att, AttemptState.FAILED, None, f"agent error: {exc}")
+
+    def _stopped_before_start(self, att: _Attempt) -> bool:
+        """End an attempt stopped before it started (cancelled, fenced, agent closing); whether
+        it was."""
+        if att.cancel is None and not att.shutting_down and not att.fenced:
+            return False
+        if att.fenced:
+            state, why = AttemptState.LOST, att.fenced
+        elif att.cancel is not None:
+            state, why = AttemptState.CANCELLED, "cancelled"
+        else:
+            state, why = AttemptState.FAILED, "agent shutting down"
+        self._finish(att, state, None, f"{why} before start")
+        return True
+
+    def _run_traceparent(self, att: _Attempt) -> str:
+        """Open the attempt's ``job.run`` span if it has an accept span; the traceparent its
+        job gets: the run span's, else the assignment's own (what a span that records nothing
+        would pass on)."""
+        if att.accept_span is None:
+            return att.request.traceparent
+        req = att.request
+        att.run_span = self._tracer.start_span(
+            "job.run",
+            context=trace.set_span_in_context(att.accept_span),
+            attributes={"job.id": req.job_id, "job.attempt": req.attempt, "site.id": self._site.id},
+        )
+        return span_traceparent(att.run_span)
+
+    def _started(self, att: _Attempt, handle: AttemptHandle) -> None:
+        req = att.request
+        att.handle = handle
+        self._emit(
+            self._require_journal().record_started(
+                req.job_id, req.attempt, identity=handle.identity, pid=handle.pid, now=self._clock()
+            )
+        )
+        log.info("started %s attempt %d (%s)", req.job_id, req.attempt, handle.identity)
 
     async def _follow(self, att: _Attempt, handle: AttemptHandle) -> None:
         """Wait for a started (or re-adopted) attempt to end, and record how."""
@@ -743,9 +843,11 @@ class AgentRuntime:
         record = self._journal_end(req.job_id, req.attempt, state, exit_code, message)
         self._gpus.release(att.allocation)
         del self._active[att.key]
-        att.ended.set()
+        self._watts_in_use -= att.watts
+        if att.ended is not None:
+            att.ended.set()
         self._emit(record)
-        log.info("%s attempt %d %s: %s", req.job_id, req.attempt, state.value, message)
+        log.info("%s attempt %d %s: %s", req.job_id, req.attempt, state, message)
         span = att.run_span
         if span is not None:
             span.set_attribute("job.state", state.value)
@@ -766,6 +868,7 @@ class AgentRuntime:
             max_runtime_seconds=req.max_runtime_seconds,
             traceparent=traceparent,
             nodes=max(req.nodes, 1),
+            files=self._inline is None,
         )
 
     def _spec_for(
@@ -779,16 +882,24 @@ class AgentRuntime:
         traceparent: str,
         env: Mapping[str, str] | None = None,
         nodes: int = 1,
+        files: bool = True,
     ) -> LaunchSpec:
-        directory = self._attempt_dir(job_id, attempt)
+        """``files``: the attempt's own directory and output files; False for an inline
+        executor's attempt, which writes none (``InlineExecutor``): it gets ``os.devnull`` and
+        the state directory instead, and no path is built for it."""
+        if files:
+            directory = self._attempt_dir(job_id, attempt)
+            work, out, err = directory / "work", directory / "stdout.log", directory / "stderr.log"
+        else:
+            work, out, err = self._config.state_dir, _DEVNULL, _DEVNULL
         return LaunchSpec(
             job_id=job_id,
             attempt=attempt,
             argv=tuple(command),
             env=dict(env or {}),
-            working_dir=directory / "work",
-            stdout_path=directory / "stdout.log",
-            stderr_path=directory / "stderr.log",
+            working_dir=work,
+            stdout_path=out,
+            stderr_path=err,
             max_runtime_seconds=max_runtime_seconds,
             kill_grace_seconds=self._config.kill_grace_seconds,
             site_id=self._site.id,
@@ -796,15 +907,20 @@ class AgentRuntime:
             gpu_type=allocation.gpu_type,
             gpu_slots=allocation.slots,
             nodes=nodes,
-            lease_file=self._config.lease_path,
+            lease_file=None if self._lease_file is None else self._lease_path,
         )
 
     # --- helpers ---------------------------------------------------------------------------------
 
     def _emit(self, record: StatusRecord) -> None:
         self._outbox[record.seq] = record
-        event, self._outbox_changed = self._outbox_changed, asyncio.Event()
-        event.set()
+        self._outbox_changed.set()
+
+    def _ended_event(self, att: _Attempt) -> asyncio.Event:
+        """Set once ``att`` has ended; only for an attempt still held (``_finish`` sets it)."""
+        if att.ended is None:
+            att.ended = asyncio.Event()
+        return att.ended
 
     def _grace(self, grace_seconds: float | None) -> float:
         if grace_seconds is None or grace_seconds <= 0:
@@ -821,7 +937,7 @@ class AgentRuntime:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
-    def _require_journal(self) -> Journal:
+    def _require_journal(self) -> AttemptJournal:
         if self._journal is None:
             raise RuntimeError("AgentRuntime is not open")
         return self._journal
@@ -830,7 +946,7 @@ class AgentRuntime:
         name = urllib.parse.quote(job_id, safe="")
         if not name.strip("."):
             name = name.replace(".", "%2E")
-        return self._config.attempts_dir / name / str(attempt)
+        return self._attempts_dir / name / str(attempt)
 
 
 class _Lease:

@@ -31,12 +31,14 @@ All decisions are ``AgentRuntime``'s; this module only converts between protobuf
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.trace import Tracer
@@ -240,22 +242,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             acks = self._runtime.dispatch(
                 [_attempt_request(a) for a in message.dispatch.assignments]
             )
-            session.send(
-                agent_pb2.AgentMessage(
-                    acks=agent_pb2.AckBatch(
-                        acks=[
-                            agent_pb2.AssignmentAck(
-                                job_id=ack.job_id,
-                                attempt=ack.attempt,
-                                accepted=ack.accepted,
-                                duplicate=ack.duplicate,
-                                reason=ack.reason,
-                            )
-                            for ack in acks
-                        ]
-                    )
-                )
-            )
+            answer = agent_pb2.AgentMessage()
+            add = answer.acks.acks.add  # built in place: no message per ack to copy in
+            for ack in acks:
+                item = add(job_id=ack.job_id, attempt=ack.attempt, accepted=ack.accepted)
+                if ack.duplicate:
+                    item.duplicate = True
+                if ack.reason:
+                    item.reason = ack.reason
+            session.send(answer)
         elif kind == "cancel":
             self._runtime.cancel(
                 [
@@ -289,11 +284,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             if not updates:
                 continue
             cursor = updates[-1].seq
-            session.send(
-                agent_pb2.AgentMessage(
-                    status=agent_pb2.StatusBatch(updates=[_status_update(u) for u in updates])
-                )
-            )
+            message = agent_pb2.AgentMessage()
+            batch = message.status.updates
+            for update in updates:
+                _add_status_update(batch, update)
+            session.send(message)
             await session.out.join()  # coalesce what piles up meanwhile into the next batch
 
     async def _heartbeat(self, session: _Session, interval: float) -> None:
@@ -433,34 +428,45 @@ class AgentServer:
 def _attempt_request(assignment: agent_pb2.Assignment) -> AttemptRequest:
     spec = assignment.spec
     resources = spec.resources
+    env = spec.env
+    allowed = spec.placement.allowed_jurisdictions
     return AttemptRequest(
         job_id=assignment.job_id,
         attempt=assignment.attempt,
         command=tuple(spec.command),
-        env=dict(spec.env),
+        env=dict(env) if env else {},
         gpus_per_node=resources.gpus,
         nodes=resources.nodes or 1,
         gpu_type=resources.gpu_type,
         assigned_gpu_type=assignment.gpu_type,
-        allowed_jurisdictions=tuple(sorted(expand(spec.placement.allowed_jurisdictions))),
+        allowed_jurisdictions=_allowed(tuple(allowed)) if allowed else (),
         max_runtime_seconds=float(spec.max_runtime_seconds) or None,
         traceparent=assignment.traceparent,
     )
 
 
-def _status_update(record: StatusRecord) -> agent_pb2.StatusUpdate:
-    update = agent_pb2.StatusUpdate(
+@functools.lru_cache(maxsize=1024)
+def _allowed(codes: tuple[str, ...]) -> tuple[str, ...]:
+    """The countries ``codes`` (countries and groups) cover, sorted. Jobs name few distinct
+    lists, so each is expanded once rather than per assignment."""
+    return tuple(sorted(expand(codes)))
+
+
+def _add_status_update(
+    updates: RepeatedCompositeFieldContainer[agent_pb2.StatusUpdate], record: StatusRecord
+) -> None:
+    """Append ``record`` to a ``StatusBatch``'s ``updates``, built in place."""
+    update = updates.add(
         seq=record.seq,
         job_id=record.job_id,
         attempt=record.attempt,
         state=record.state.value,
         message=record.message,
-        time=_timestamp(record.time),
     )
+    _set_time(update.time, record.time)
     if record.exit_code is not None:
         update.exit_code = record.exit_code
         update.has_exit_code = True
-    return update
 
 
 def _capacity(capacity: Capacity) -> agent_pb2.Capacity:
@@ -470,10 +476,9 @@ def _capacity(capacity: Capacity) -> agent_pb2.Capacity:
     )
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
-    return ts
+def _set_time(ts: Timestamp, seconds: float) -> None:
+    """``ts.FromNanoseconds(round(seconds * 1e9))``, without its Python-level checks."""
+    ts.seconds, ts.nanos = divmod(round(seconds * 1e9), 1_000_000_000)
 
 
 def _now() -> Timestamp:

@@ -30,12 +30,26 @@ The contract:
   from ``started_at``), or None once the attempt is gone; then
   ``executor.finished_result(identity, spec)`` says how it ended, if the executor recorded that.
   ``executor.stop_orphan(identity, grace_seconds=...)`` instead just stops what is left of it.
+- ``executor.needs_lease_file`` says whether the agent must keep its lease file up to date before
+  an attempt starts and while attempts run: True when an attempt can outlive the agent's control
+  (the local executor's launch shim reads the file and stops its job when the lease ends, and a
+  restarted agent re-adopts attempts under the lease it finds there); False when nothing of an
+  attempt survives the agent process (``SimExecutor``), so the file would be written for no one.
+
+An executor whose attempts start without waiting for anything (no process, no I/O) may also be an
+``InlineExecutor``: ``start_inline(spec, on_end)`` starts an attempt within the call and reports
+its end through ``on_end`` instead of a waiting task, so the agent starts a whole dispatch batch
+in one step of the event loop with no task per attempt. Its handles keep the whole
+``AttemptHandle`` contract (``wait``, ``terminate``, the max runtime). Its attempts write no
+files: the agent names ``os.devnull`` as their ``stdout_path`` and ``stderr_path`` and its own
+state directory as their ``working_dir``, the same for every attempt, so that starting one builds
+no path.
 """
 
 from __future__ import annotations
 
 import signal as signal_module
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -46,6 +60,7 @@ __all__ = [
     "AttemptHandle",
     "Executor",
     "ExitResult",
+    "InlineExecutor",
     "LaunchError",
     "LaunchSpec",
     "job_environment",
@@ -205,6 +220,13 @@ class AttemptHandle(Protocol):
 class Executor(Protocol):
     """Runs job attempts. See the module docstring for the contract."""
 
+    @property
+    def needs_lease_file(self) -> bool:
+        """Whether attempts rely on the agent's lease file (``LaunchSpec.lease_file``): the agent
+        then writes it before an attempt starts and whenever the lease moves while attempts run.
+        False only when nothing of an attempt can outlive the agent process."""
+        ...
+
     async def start(self, spec: LaunchSpec) -> AttemptHandle:
         """Start one attempt; raises ``LaunchError`` if the job's command cannot be started."""
         ...
@@ -240,5 +262,21 @@ class Executor(Protocol):
 
         Returns True if something was still running (and has now been stopped), False if it was
         already gone or ``identity`` is not this executor's.
+        """
+        ...
+
+
+@runtime_checkable
+class InlineExecutor(Executor, Protocol):
+    """An executor whose attempts start within the call, waiting for nothing (see the module
+    docstring): the agent starts a batch of them in one step of the event loop and hears of each
+    end through a callback, with no task per attempt (which is most of what a simulated attempt
+    would otherwise cost)."""
+
+    def start_inline(self, spec: LaunchSpec, on_end: Callable[[ExitResult], None]) -> AttemptHandle:
+        """Start one attempt now, as ``start`` would; ``LaunchError`` as ``start`` raises it.
+
+        ``on_end(result)`` is called exactly once, from the event loop's thread, when the attempt
+        ends (by itself, by its max runtime or by ``terminate``), never from within this call.
         """
         ...

@@ -84,6 +84,12 @@ class LocalExecutor:
         self._base_env = dict(base_env or {})
         self._poll = poll_interval_seconds
 
+    @property
+    def needs_lease_file(self) -> bool:
+        """True: each attempt's launch shim stops its job when the lease in the file ends, and a
+        restarted agent re-adopts attempts under the lease it finds there."""
+        return True
+
     async def start(self, spec: LaunchSpec) -> LocalAttempt:
         """Start the attempt's process group; ``LaunchError`` (127/126) if it cannot be exec'd.
 

@@ -1,7 +1,8 @@
 """The simulated executor: attempts that start nothing and only take their declared time.
 
-For benchmarks and simulated fleets (``agents.fleet``): an attempt costs a timer on the event
-loop, not a process or a thread, so thousands of sites can run thousands of jobs in one
+For benchmarks and simulated fleets (``agents.fleet``): an attempt costs an entry in its event
+loop's shared timer heap (or, for 0 s, in the list of attempts ending on the next loop step), not
+a process, a thread or a timer of its own, so thousands of sites can run thousands of jobs in one
 process. What an attempt does is read from its spec, never run:
 
 - how long it runs: ``SG_SIM_SECONDS`` in the job's env (seconds, ``inf`` for until stopped),
@@ -21,10 +22,14 @@ and ``stop_orphan`` has nothing to stop. A bad ``SG_SIM_*`` value is the job's o
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
+import logging
 import math
 import os
 import signal
+import time
+from collections.abc import Callable
 
 from agents.executors.base import ExitResult, LaunchError, LaunchSpec
 
@@ -35,23 +40,48 @@ SIM_SECONDS_VAR = "SG_SIM_SECONDS"
 SIM_EXIT_VAR = "SG_SIM_EXIT"
 """Job env variable: the exit code of a simulated attempt (0-255)."""
 
+log = logging.getLogger(__name__)
+
 _BAD_SIM_VALUE = 2  # shell convention for a misused command
 _SLEEP_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SUCCESS = ExitResult(0)
 _ids = itertools.count(1)
+
+OnEnd = Callable[[ExitResult], None]
 
 
 class SimExecutor:
     """Runs simulated attempts. See the module docstring and ``agents.executors.base``.
 
-    Holds no state of its own: one instance may serve every site of a fleet.
+    Its only state is when its running attempts end (one timer heap for the event loop it runs
+    on): one instance may serve every site of a fleet, and then all of their attempts share one
+    loop timer. An ``InlineExecutor``: the agent starts its attempts with ``start_inline``, a
+    whole dispatch batch in one step, with no task per attempt.
     """
+
+    def __init__(self) -> None:
+        self._timers: _Timers | None = None
+
+    @property
+    def needs_lease_file(self) -> bool:
+        """False: no launch shim reads it, and nothing survives the agent process to re-adopt."""
+        return False
 
     async def start(self, spec: LaunchSpec) -> SimAttempt:
         """Start a simulated attempt; returns at once. ``LaunchError`` (exit code 2) for a bad
         ``SG_SIM_SECONDS`` or ``SG_SIM_EXIT``."""
+        return self.start_inline(spec, None)
+
+    def start_inline(self, spec: LaunchSpec, on_end: OnEnd | None) -> SimAttempt:
+        """``start`` without a coroutine; ``on_end(result)`` is called once when the attempt
+        ends, from the event loop (never from within this call)."""
         seconds = _duration(spec)
         exit_code = _exit_code(spec)
-        return SimAttempt(spec, run_for=seconds, exit_code=exit_code)
+        loop = asyncio.get_running_loop()
+        timers = self._timers
+        if timers is None or timers.loop is not loop:  # first use, or a new event loop
+            timers = self._timers = _Timers(loop)
+        return SimAttempt(spec, run_for=seconds, exit_code=exit_code, on_end=on_end, timers=timers)
 
     async def adopt(
         self, identity: str, spec: LaunchSpec, *, started_at: float | None = None
@@ -73,19 +103,35 @@ class SimExecutor:
 
 
 class SimAttempt:
-    """One simulated attempt: a future resolved by a loop timer (or by ``terminate``)."""
+    """One simulated attempt: ended by its event loop's ``_Timers`` (or by ``terminate``)."""
 
-    def __init__(self, spec: LaunchSpec, *, run_for: float, exit_code: int) -> None:
+    __slots__ = ("_identity", "_on_end", "_result", "_waiters")
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        *,
+        run_for: float,
+        exit_code: int,
+        on_end: OnEnd | None = None,
+        timers: _Timers | None = None,
+    ) -> None:
         """Ends with ``exit_code`` after ``run_for`` seconds (``inf``: only when stopped),
-        unless the spec's max runtime comes first."""
-        loop = asyncio.get_running_loop()
-        self._identity = f"sim:{os.getpid()}:{next(_ids)}"
-        self._result: asyncio.Future[ExitResult] = loop.create_future()
+        unless the spec's max runtime comes first; then ``on_end(result)`` is called, if given.
+        ``timers``: where its end waits (default: a ``_Timers`` of its own, for the running
+        event loop)."""
+        if timers is None:
+            timers = _Timers(asyncio.get_running_loop())
+        self._identity = f"{timers.identity_prefix}{next(_ids)}"
+        self._result: ExitResult | None = None
+        self._waiters: asyncio.Future[ExitResult] | None = None
+        self._on_end = on_end
         limit = spec.max_runtime_seconds
-        outcome = ExitResult(exit_code)
+        outcome = _SUCCESS if exit_code == 0 else ExitResult(exit_code)
         if limit is not None and limit < run_for:
             run_for, outcome = limit, ExitResult(None, signal.SIGTERM, timed_out_after=limit)
-        self._timer = None if math.isinf(run_for) else loop.call_later(run_for, self._end, outcome)
+        if not math.isinf(run_for):
+            timers.add(self, run_for, outcome)
 
     @property
     def identity(self) -> str:
@@ -99,7 +145,12 @@ class SimAttempt:
 
     async def wait(self) -> ExitResult:
         """Wait until the attempt has ended."""
-        return await asyncio.shield(self._result)
+        if self._result is not None:
+            return self._result
+        if self._waiters is None:
+            self._waiters = asyncio.get_running_loop().create_future()
+        # shielded: a waiter that gives up must not end the attempt for the others
+        return await asyncio.shield(self._waiters)
 
     async def terminate(self, grace_seconds: float) -> ExitResult:
         """End the attempt now, as a SIGTERM would; an ended one keeps its result."""
@@ -107,11 +158,77 @@ class SimAttempt:
         return await self.wait()
 
     def _end(self, result: ExitResult) -> None:
-        if self._result.done():
+        if self._result is not None:
             return
+        self._result = result
+        if self._waiters is not None and not self._waiters.done():
+            self._waiters.set_result(result)
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            try:
+                on_end(result)
+            except Exception:  # the attempts ending with it must still end
+                log.exception("simulated attempt %s: its end could not be reported", self._identity)
+
+
+_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
+class _Timers:
+    """When the simulated attempts of one executor on one event loop end, on as few loop
+    callbacks as possible.
+
+    A timer handle per attempt would cost more than the rest of a simulated attempt: instead,
+    attempts due now (0 s, the usual benchmark job) end together in one ``call_soon`` callback,
+    and the others wait in one heap with one loop timer, set for the earliest of them. An
+    attempt never ends before its time; a terminated one is skipped when its time comes.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.identity_prefix = f"sim:{os.getpid()}:"
+        """Of its attempts' identities: ``sim:<agent pid>:``."""
+        self._now: list[tuple[SimAttempt, ExitResult]] = []
+        self._heap: list[tuple[float, int, SimAttempt, ExitResult]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def add(self, attempt: SimAttempt, seconds: float, outcome: ExitResult) -> None:
+        """End ``attempt`` with ``outcome`` ``seconds`` from now."""
+        if seconds <= 0:
+            if not self._now:
+                self.loop.call_soon(self._end_now)
+            self._now.append((attempt, outcome))
+            return
+        when = self.loop.time() + seconds
+        heapq.heappush(self._heap, (when, next(self._seq), attempt, outcome))
+        if when < self._timer_at:
+            self._arm(when)
+
+    def _end_now(self) -> None:
+        due, self._now = self._now, []
+        for attempt, outcome in due:
+            attempt._end(outcome)
+
+    def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._result.set_result(result)
+        self._timer = self.loop.call_at(when, self._fire)
+        self._timer_at = when
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        heap = self._heap
+        limit = self.loop.time() + _RESOLUTION  # what the loop itself counts as due
+        due: list[tuple[SimAttempt, ExitResult]] = []
+        while heap and heap[0][0] <= limit:
+            _, _, attempt, outcome = heapq.heappop(heap)
+            due.append((attempt, outcome))
+        if heap:
+            self._arm(heap[0][0])
+        for attempt, outcome in due:  # after re-arming: an ``on_end`` may add attempts
+            attempt._end(outcome)
 
 
 def _duration(spec: LaunchSpec) -> float:

@@ -29,13 +29,17 @@ from agents.executors import (
     LocalExecutor,
     SimExecutor,
 )
+from agents.executors.base import InlineExecutor
 
 EXECUTORS = ["local", "sim"]
 PROCESS_EXECUTORS = ["local"]
-"""Executors whose attempts are processes on this machine."""
+"""Executors whose attempts are processes on this machine (and can outlive the agent)."""
+INLINE_EXECUTORS = ["sim"]
+"""Executors that are also ``InlineExecutor``s."""
 PATH_ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 
 processes_only = pytest.mark.parametrize("executor", PROCESS_EXECUTORS, indirect=True)
+inline_only = pytest.mark.parametrize("executor", INLINE_EXECUTORS, indirect=True)
 
 
 def make_executor(kind: str) -> Executor:
@@ -49,6 +53,13 @@ def make_executor(kind: str) -> Executor:
 @pytest.fixture(params=EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> Executor:
     return make_executor(request.param)
+
+
+@pytest.fixture
+def kind(executor: Executor, request: pytest.FixtureRequest) -> str:
+    """The name of the executor under test."""
+    name: str = request.node.callspec.params["executor"]
+    return name
 
 
 @pytest.fixture
@@ -70,6 +81,47 @@ def launch(tmp_path: Path) -> Callable[..., LaunchSpec]:
         )
 
     return make
+
+
+def test_it_declares_what_the_agent_must_do_for_it(executor: Executor, kind: str) -> None:
+    """Attempts that can outlive the agent rely on its lease file; only executors whose
+    attempts start without waiting for anything are inline."""
+    assert isinstance(executor, Executor)
+    assert executor.needs_lease_file is (kind in PROCESS_EXECUTORS)
+    assert isinstance(executor, InlineExecutor) is (kind in INLINE_EXECUTORS)
+
+
+@inline_only
+async def test_an_inline_start_reports_every_end_once_and_never_from_within_the_call(
+    executor: Executor, launch: Callable[..., LaunchSpec]
+) -> None:
+    assert isinstance(executor, InlineExecutor)
+    ends: dict[str, list[ExitResult]] = {"done": [], "failed": [], "stopped": [], "timed": []}
+    done = executor.start_inline(launch(["true"]), ends["done"].append)
+    failed = executor.start_inline(
+        launch(["sh", "-c", "exit 3"], env={"SG_SIM_EXIT": "3", "SG_SIM_SECONDS": "0.05"}),
+        ends["failed"].append,
+    )
+    stopped = executor.start_inline(launch(["sleep", "600"]), ends["stopped"].append)
+    timed = executor.start_inline(
+        launch(["sleep", "600"], max_runtime_seconds=0.2), ends["timed"].append
+    )
+    assert not any(ends.values())  # not from within the call, even for a 0 s attempt
+    assert await asyncio.wait_for(done.wait(), 5) == ExitResult(0)
+    assert await asyncio.wait_for(failed.wait(), 5) == ExitResult(3)
+    terminated = await stopped.terminate(1.0)
+    assert terminated == ExitResult(None, signal.SIGTERM)
+    assert (await asyncio.wait_for(timed.wait(), 5)).timed_out
+    assert await stopped.terminate(1.0) == terminated  # ended: its end is not reported again
+    await asyncio.sleep(0.05)
+    assert ends == {
+        "done": [ExitResult(0)],
+        "failed": [ExitResult(3)],
+        "stopped": [terminated],
+        "timed": [ExitResult(None, signal.SIGTERM, timed_out_after=0.2)],
+    }
+    with pytest.raises(LaunchError):
+        executor.start_inline(launch(["true"], env={"SG_SIM_EXIT": "-1"}), ends["done"].append)
 
 
 # Output files and the environment the program sees: a simulated attempt runs no program.

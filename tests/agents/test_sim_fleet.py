@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -414,6 +415,20 @@ def test_fleet_command_help_and_bad_arguments() -> None:
         )
         assert result.returncode == 2, result.stderr
         assert message in result.stderr
+
+
+def test_fleet_command_on_a_taken_port_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "agents.fleet", "--sites", "2", "--insecure",
+             "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path)],
+            capture_output=True, text=True, env=fleet_env(), timeout=30, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"agents.fleet: cannot start the fleet on 127.0.0.1:{port}" in result.stderr
 
 
 async def test_a_thousand_sites_in_one_process(
