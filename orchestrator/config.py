@@ -316,6 +316,10 @@ class SchedulerConfig:
     """Most pending jobs read per placement cycle (cycle cost is bounded by this, not the queue)."""
     idle_interval_seconds: float = 0.05
     """Pause between cycles when the last one placed nothing."""
+    gather_seconds: float = 0.01
+    """After a wake-up (new jobs, freed capacity), how long to let more arrive before the
+    cycle: a burst of submits is placed in one cycle instead of several. Every job waits up
+    to this long for placement."""
     site_stale_after_seconds: float = 15.0
     """A connected site silent for longer than this gets no new work until heard from."""
     lost_after_seconds: float = 60.0

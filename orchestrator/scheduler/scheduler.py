@@ -352,7 +352,7 @@ class Scheduler:
                     pass
             if got:
                 # let a burst of submits gather into one cycle
-                await _sleep_or_stop(stop, self.config.idle_interval_seconds / 5)
+                await _sleep_or_stop(stop, self.config.gather_seconds)
                 return
 
 
