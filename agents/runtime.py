@@ -41,6 +41,7 @@ import logging
 import os
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,9 +435,48 @@ class AgentRuntime:
         Whether spans could be recorded is asked once for the batch: an assignment gets its
         ``agent.accept`` and ``job.run`` spans only if so and its trace is sampled (the job then
         gets the assignment's own traceparent, as it would under a span that records nothing).
+        Assignments of the batch that share a trace (the jobs of one ``SubmitJobs`` call) share
+        one ``agent.accept`` span listing them (``job.ids``; counts of accepted and refused);
+        each still gets a ``job.run`` span of its own.
         """
         recording = self._tracer_given or tracing_active()
-        return [self._dispatch_one(request, recording) for request in requests]
+        shared: dict[str, list[AttemptRequest]] = {}
+        if recording:
+            for req in requests:
+                if wants_span(req.traceparent, active=True):
+                    shared.setdefault(req.traceparent, []).append(req)
+        spans = {
+            tp: self._tracer.start_span(
+                "agent.accept",
+                context=context_from_traceparent(tp),
+                attributes={
+                    "site.id": self._site.id,
+                    "job.count": len(group),
+                    "job.ids": [r.job_id for r in group],
+                },
+            )
+            for tp, group in shared.items()
+            if len(group) > 1
+        }
+        acks = []
+        for req in requests:
+            span = spans.get(req.traceparent)
+            acks.append(
+                self._dispatch_one(req, recording)
+                if span is None
+                else self._logged(req, self._decide(req, self._require_journal(), span))
+            )
+        if spans:
+            accepted = Counter(
+                req.traceparent
+                for req, ack in zip(requests, acks, strict=True)
+                if req.traceparent in spans and ack.accepted
+            )
+            for tp, span in spans.items():
+                span.set_attribute("agent.accepted", accepted[tp])
+                span.set_attribute("agent.refused", len(shared[tp]) - accepted[tp])
+                span.end()
+        return acks
 
     def _dispatch_one(self, req: AttemptRequest, recording: bool) -> AckResult:
         journal = self._require_journal()
@@ -458,6 +498,10 @@ class AgentRuntime:
                 span.set_attribute("agent.duplicate", ack.duplicate)
                 if ack.reason:
                     span.set_attribute("agent.reason", ack.reason)
+        return self._logged(req, ack)
+
+    @staticmethod
+    def _logged(req: AttemptRequest, ack: AckResult) -> AckResult:
         if ack.accepted and not ack.duplicate:
             log.info("accepted %s attempt %d", req.job_id, req.attempt)
         elif not ack.accepted:

@@ -88,7 +88,7 @@ async def test_a_batch_is_one_trace_with_one_span_per_hop_and_cycle(
     finished = spans.get_finished_spans()
     [batch] = [s for s in finished if s.name == "api.submit_batch"]
     in_trace = [s for s in finished if s.context.trace_id == batch.context.trace_id]
-    for hop in ("scheduler.place", "dispatcher.dispatch"):
+    for hop in ("scheduler.place", "dispatcher.dispatch", "agent.accept"):
         hop_spans = [s for s in in_trace if s.name == hop]
         listed: list[str] = []
         for s in hop_spans:
