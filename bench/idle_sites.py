@@ -67,7 +67,7 @@ from bench._report import (
 )
 from bench._report import default_json_path as results_path
 from bench._report import table as _table
-from orchestrator.config import RedisConfig
+from orchestrator.config import ControlPlaneConfig, RedisConfig
 from orchestrator.processes import stop_process
 from orchestrator.sitefile import SiteConfig
 from orchestrator.store import JobStore
@@ -95,6 +95,8 @@ CPU_GOAL_PERCENT_PER_1000 = 5.0
 """Control-plane CPU the goal allows for 1,000 idle sites, in percent of one core."""
 MEMORY_GOAL_KB_PER_SITE = 100.0
 """Control-plane memory the goal allows per idle site."""
+DEFAULT_HEARTBEAT = ControlPlaneConfig().heartbeat_interval_seconds
+"""What the control plane asks of agents by default (``SG_HEARTBEAT_INTERVAL``)."""
 DISPATCHER, SCHEDULER, FLEET, REDIS = "dispatcher", "scheduler", "fleet", "redis"
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 30.0
@@ -282,7 +284,7 @@ def measure(
     *,
     sizes: Sizes = FULL,
     runs: int = 3,
-    heartbeat: float = 1.0,
+    heartbeat: float = DEFAULT_HEARTBEAT,
     progress: bool = False,
 ) -> Report:
     """Start the dispatcher and the fleet over ``redis_url`` (under a key prefix of their own,
@@ -458,7 +460,7 @@ def run(
     *,
     sizes: Sizes = FULL,
     runs: int = 3,
-    heartbeat: float = 1.0,
+    heartbeat: float = DEFAULT_HEARTBEAT,
     progress: bool = False,
 ) -> Report:
     """:func:`measure` (kept beside the other benchmarks' ``run``)."""
@@ -494,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--heartbeat",
         type=float,
-        default=1.0,
-        help="seconds between agent heartbeats (default: %(default)s)",
+        default=DEFAULT_HEARTBEAT,
+        help="seconds between agent heartbeats (default: %(default)s, the control plane's)",
     )
     parser.add_argument(
         "--redis-url", default=None, help="a Redis to use (default: start a redis-server)"

@@ -77,6 +77,11 @@ class Scheduler:
         self.preempted_total = 0
         self.sites_lost_total = 0
         self._offers_due = 0.0  # wall-clock time of the next refresh of capacity offers
+        self._idle_check = self.config.lost_after_seconds / 12
+        """With nothing to place, how often a cycle still runs (to find silent sites, to open
+        and close capacity offers' hours): a twelfth of ``lost_after``, 5 s by default. A lost
+        site is found at most that much after ``lost_after``; never earlier, so attempts its
+        agent stops at the lease's end are still stopped before they are run elsewhere."""
         self.epoch = EpochGuard.for_store(store, name="scheduler")
         """Notices (and logs at CRITICAL) a Redis that went back in time; advanced each cycle."""
 
@@ -94,10 +99,12 @@ class Scheduler:
             self._requests.pop(job_id, None)
         for job_id in [j for j in self._waiting if j not in in_window]:
             del self._waiting[job_id]
-        tenants = await read_tenants(self.store)
         await self._refresh_offers()
         records = await self.store.site_records()
         await self._lose_silent_sites(records)
+        if not self._jobs:  # nothing to place: an idle cycle only watches the sites' liveness
+            return CycleStats(0, 0, 0, 0, 0, time.perf_counter() - started)
+        tenants = await read_tenants(self.store)
         jobs = self._window_requests(order, tenants)
         snapshot = await read_snapshot(
             self.store,
@@ -332,7 +339,7 @@ class Scheduler:
 
     async def _wait_for_wake(self, pubsub: PubSub, stop: asyncio.Event, *, busy: bool) -> None:
         """Wait for a wake message (new job, freed capacity, site change) or a timeout."""
-        timeout = self.config.idle_interval_seconds if busy else 1.0
+        timeout = self.config.idle_interval_seconds if busy else self._idle_check
         deadline = time.monotonic() + timeout
         got = False
         while not stop.is_set():

@@ -31,6 +31,7 @@ SCRIPT_NAMES = (
     "withdraw",
     "usage",
     "read_pending",
+    "site_rows",
 )
 
 

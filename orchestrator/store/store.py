@@ -1095,21 +1095,20 @@ class JobStore:
         with self._unavailable():
             if site_ids is None:
                 site_ids = sorted(_s(s) for s in await self.client.smembers(self.keys.sites))
-            async with self.client.pipeline(transaction=False) as pipe:
-                for sid in site_ids:
-                    pipe.hgetall(self.keys.site(sid))
-                    pipe.hgetall(self.keys.site_used(sid))
-                    pipe.scard(self.keys.site_active(sid))
-                    pipe.hgetall(self.keys.site_releasing(sid))
-                rows = await pipe.execute()
+            rows: list[Any] = []
+            for i in range(0, len(site_ids), _SITES_PER_CALL):
+                chunk = site_ids[i : i + _SITES_PER_CALL]
+                rows += await self._scripts.run("site_rows", [self.prefix, *chunk])
         out = []
         for i in range(len(site_ids)):
             info, used, active, releasing = rows[4 * i : 4 * i + 4]
             if not info:
                 continue
-            g = {k.decode(): v for k, v in info.items()}
-            u = {k.decode(): int(v) for k, v in used.items()}
-            rel = {k.decode(): int(v) for k, v in releasing.items()}
+            g = {info[k].decode(): info[k + 1] for k in range(0, len(info), 2)}
+            u = {used[k].decode(): int(used[k + 1]) for k in range(0, len(used), 2)}
+            rel = {
+                releasing[k].decode(): int(releasing[k + 1]) for k in range(0, len(releasing), 2)
+            }
             site = types_pb2.Site()
             site.ParseFromString(g.get("reg", b""))
             policy = None

@@ -117,43 +117,44 @@ end
 local BUFFERED = false
 local INCR, INCR_FLOAT, SREMS, ZREMS, WAKE = {}, {}, {}, {}, false
 
-local function incr(key, field, n)
-  if n == 0 then return end
+-- One command per at most 4,000 members (Lua's unpack is limited to 8,000 values).
+local function add_members(cmd, key, members)
+  for i = 1, #members, 4000 do
+    redis.call(cmd, key, unpack(members, i, math.min(i + 3999, #members)))
+  end
+end
+
+-- The table under key in t, made if missing.
+local function slot(t, key)
+  local v = t[key]
+  if not v then
+    v = {}
+    t[key] = v
+  end
+  return v
+end
+
+local function add_to(sums, cmd, key, field, n)
   if not BUFFERED then
-    redis.call('HINCRBY', key, field, n)
+    redis.call(cmd, key, field, n)
     return
   end
-  local fields = INCR[key]
-  if not fields then
-    fields = {}
-    INCR[key] = fields
-  end
+  local fields = slot(sums, key)
   fields[field] = (fields[field] or 0) + n
 end
 
-local function incr_float(key, field, x)
-  if not BUFFERED then
-    redis.call('HINCRBYFLOAT', key, field, x)
-    return
-  end
-  local fields = INCR_FLOAT[key]
-  if not fields then
-    fields = {}
-    INCR_FLOAT[key] = fields
-  end
-  fields[field] = (fields[field] or 0) + x
+local function incr(key, field, n)
+  if n ~= 0 then add_to(INCR, 'HINCRBY', key, field, n) end
 end
+
+local function incr_float(key, field, x) add_to(INCR_FLOAT, 'HINCRBYFLOAT', key, field, x) end
 
 local function remove(buffer, cmd, key, member)
   if not BUFFERED then
     redis.call(cmd, key, member)
     return
   end
-  local members = buffer[key]
-  if not members then
-    members = {}
-    buffer[key] = members
-  end
+  local members = slot(buffer, key)
   members[#members + 1] = member
 end
 
@@ -167,21 +168,15 @@ end
 -- Write what was buffered: events, counters, set removals, the scheduler's wake-up.
 local function flush(p, maxlen)
   flush_events(p, maxlen)
-  for key, fields in pairs(INCR) do
-    for field, n in pairs(fields) do
-      if n ~= 0 then redis.call('HINCRBY', key, field, n) end
-    end
-  end
-  for key, fields in pairs(INCR_FLOAT) do
-    for field, x in pairs(fields) do redis.call('HINCRBYFLOAT', key, field, x) end
-  end
-  for _, pair in ipairs({{SREMS, 'SREM'}, {ZREMS, 'ZREM'}}) do
-    for key, members in pairs(pair[1]) do
-      for i = 1, #members, 4000 do
-        redis.call(pair[2], key, unpack(members, i, math.min(i + 3999, #members)))
+  for _, pair in ipairs({{INCR, 'HINCRBY'}, {INCR_FLOAT, 'HINCRBYFLOAT'}}) do
+    for key, fields in pairs(pair[1]) do
+      for field, n in pairs(fields) do
+        if n ~= 0 then redis.call(pair[2], key, field, n) end
       end
     end
   end
+  for key, members in pairs(SREMS) do add_members('SREM', key, members) end
+  for key, members in pairs(ZREMS) do add_members('ZREM', key, members) end
   if WAKE then redis.call('PUBLISH', p .. 'wake', '1') end
   INCR, INCR_FLOAT, SREMS, ZREMS, WAKE = {}, {}, {}, {}, false
 end

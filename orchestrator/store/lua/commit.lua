@@ -66,11 +66,7 @@ local function quota(tenant, jur)
 end
 
 local function push(sets, key, ...)
-  local members = sets[key]
-  if not members then
-    members = {}
-    sets[key] = members
-  end
+  local members = slot(sets, key)
   for _, v in ipairs({...}) do members[#members + 1] = v end
 end
 
@@ -140,11 +136,7 @@ for i = 4, #ARGV, 5 do
   out[#out + 1] = code
 end
 for _, pair in ipairs({{ADD_ACTIVE, 'SADD'}, {ADD_OUTBOX, 'ZADD'}, {ADD_SURPLUS, 'SADD'}}) do
-  for key, members in pairs(pair[1]) do
-    for i = 1, #members, 4000 do
-      redis.call(pair[2], key, unpack(members, i, math.min(i + 3999, #members)))
-    end
-  end
+  for key, members in pairs(pair[1]) do add_members(pair[2], key, members) end
 end
 flush(p, maxlen)
 for site, _ in pairs(touched) do redis.call('PUBLISH', p .. 'notify', site) end

@@ -22,13 +22,6 @@ local all = {}      -- {0, id, 0, id ...} for {p}jobs
 local pending = {}  -- queue -> {score, id, score, id ...}
 local queues = {}   -- distinct queues, in first-seen order
 
--- One command per at most 4,000 arguments after the key (Lua's unpack is limited to 8,000).
-local function add_all(cmd, key, items)
-  for i = 1, #items, 4000 do
-    redis.call(cmd, key, unpack(items, i, math.min(i + 3999, #items)))
-  end
-end
-
 local FIELDS = '^' .. string.rep('([^ ]*) ', 10) .. '([^ ]*)$'  -- with 10 spaces, always matches
 for o = 4, #ARGV - 4, 4 do
   local id = ARGV[o + 1]
@@ -65,9 +58,9 @@ for o = 4, #ARGV - 4, 4 do
   end
 end
 if #all > 0 then
-  add_all('ZADD', p .. 'jobs', all)
-  for _, queue in ipairs(queues) do add_all('ZADD', p .. 'pending:' .. queue, pending[queue]) end
-  add_all('SADD', p .. 'queues', queues)
+  add_members('ZADD', p .. 'jobs', all)
+  for _, queue in ipairs(queues) do add_members('ZADD', p .. 'pending:' .. queue, pending[queue]) end
+  add_members('SADD', p .. 'queues', queues)
   redis.call('PUBLISH', p .. 'wake', '1')
 end
 flush(p, maxlen)

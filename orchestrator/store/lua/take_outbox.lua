@@ -24,9 +24,7 @@ if ARGV[6] == '1' then
 end
 local ids = redis.call('ZRANGE', skey .. ':outbox', 0, limit - 1)
 if #ids > 0 then
-  for i = 1, #ids, 4000 do
-    redis.call('ZREM', skey .. ':outbox', unpack(ids, i, math.min(i + 3999, #ids)))
-  end
+  add_members('ZREM', skey .. ':outbox', ids)
   local inflight = {}
   for _, id in ipairs(ids) do
     local j = load_job(p, id, TAKE)
@@ -39,9 +37,7 @@ if #ids > 0 then
       add(id, j)
     end
   end
-  for i = 1, #inflight, 4000 do
-    redis.call('ZADD', skey .. ':inflight', unpack(inflight, i, math.min(i + 3999, #inflight)))
-  end
+  add_members('ZADD', skey .. ':inflight', inflight)
   flush(p, maxlen)
 end
 return out
