@@ -42,11 +42,11 @@ class SubmitCoalescer:
 
     async def submit(self, spec: types_pb2.JobSpec, traceparent: str) -> tuple[types_pb2.Job, bool]:
         """Queue one normalised spec; returns its job and whether it was a deduplicated retry."""
-        future: asyncio.Future[tuple[types_pb2.Job, bool]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[types_pb2.Job, bool]] = loop.create_future()
         self._queue.append((spec, traceparent, future))
-        if self._writer is None or self._writer.done():
+        writer = self._writer
+        if writer is None or writer.done() or writer.get_loop() is not loop:
             self._writer = asyncio.create_task(self._write())
         return await future
 
@@ -60,17 +60,24 @@ class SubmitCoalescer:
                 results = await self._store.submit_many(
                     [spec for spec, _, _ in batch], traceparents=[tp for _, tp, _ in batch]
                 )
+                self.batches += 1
+                for (_, _, future), result in zip(batch, results, strict=True):
+                    if not future.done():  # its caller may have given up (deadline, cancel)
+                        future.set_result(result)
             except BaseException as exc:  # every caller of the batch gets the batch's error
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 if not isinstance(exc, Exception):
+                    self._fail_queued(exc)
                     raise
-                continue
-            self.batches += 1
-            for (_, _, future), result in zip(batch, results, strict=True):
-                if not future.done():  # its caller may have given up (deadline, cancel)
-                    future.set_result(result)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        """The writer is going away (cancelled): no queued caller may wait for ever."""
+        queued, self._queue = self._queue, []
+        for _, _, future in queued:
+            if not future.done():
+                future.set_exception(exc)
 
     async def close(self) -> None:
         """Wait for the batch being written (new submits should have stopped)."""
