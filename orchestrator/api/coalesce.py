@@ -16,7 +16,6 @@ fails another's job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from orchestrator._pb.orchestrator.v1 import types_pb2
@@ -78,9 +77,3 @@ class SubmitCoalescer:
         for _, _, future in queued:
             if not future.done():
                 future.set_exception(exc)
-
-    async def close(self) -> None:
-        """Wait for the batch being written (new submits should have stopped)."""
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                await self._writer
