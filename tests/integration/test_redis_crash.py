@@ -375,17 +375,18 @@ async def test_redis_restored_from_an_older_copy_is_reported_once(
     ),
 )
 async def test_the_pool_heals_after_the_first_call_that_finds_redis_restarted(
-    redis: LocalRedis, client: AsyncClient
+    redis: LocalRedis, store: JobStore, client: AsyncClient
 ) -> None:
     """Connections that sat idle through the outage are dead. The first call to find one fails
     (UNAVAILABLE: a script it carried may or may not have run, so it is not retried blindly);
     the store then drops every idle connection, and the calls after it connect afresh.
 
-    Reads, not submits: the API writes concurrent submits in one batch (one connection), so
-    only concurrent reads keep several pooled connections in use."""
+    The pool the API's store uses is first made to hold ``calls`` connections at once (each
+    taken by a short blocking read): concurrent API calls alone may share fewer (the API
+    writes concurrent submits in one batch, and fast reads reuse connections)."""
     calls = 8
     job = await client.submit(spec("seed"))
-    await asyncio.gather(*(client.get_job(job.id) for _ in range(calls)))
+    await asyncio.gather(*(store.client.blpop([f"{job.id}:none"], 0.05) for _ in range(calls)))
     redis.kill()  # idle: no call in flight, none made while it is down
     await asyncio.to_thread(redis.start)
     with contextlib.suppress(StoreUnavailableError):  # the one allowed failure: it found
