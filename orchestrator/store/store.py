@@ -1227,21 +1227,6 @@ class JobStore:
                     out[jid] = PendingJob(spec, _s(flat[3 * n + 1]), int(flat[3 * n + 2]))
         return out
 
-    async def job_specs(self, job_ids: Sequence[str]) -> dict[str, tuple[types_pb2.JobSpec, str]]:
-        """Specs and traceparents of the given jobs."""
-        with self._unavailable():
-            async with self.client.pipeline(transaction=False) as pipe:
-                for jid in job_ids:
-                    pipe.hmget(self.keys.job(jid), "spec", "tp")
-                rows = await pipe.execute()
-        out = {}
-        for jid, (raw, tp) in zip(job_ids, rows, strict=True):
-            if raw is not None:
-                spec = types_pb2.JobSpec()
-                spec.ParseFromString(raw)
-                out[jid] = (spec, _s(tp))
-        return out
-
     async def commit(self, decisions: Sequence[Decision]) -> list[str]:
         """Commit placements atomically; one result code per decision (see commit.lua)."""
         if not decisions:
