@@ -1,10 +1,11 @@
 """What one job costs Redis, stage by stage, on the path submit -> SUCCEEDED.
 
-    python -m bench.store_path [--jobs N] [--batch B] [--sites S] [--runs R] [--json PATH]
+    python -m bench.store_path [--quick] [--jobs N] [--batch B] [--sites S] [--runs R]
+                               [--json PATH] [--redis-url URL]
 
-One process drives the store (``JobStore``) through the calls the control plane makes for a
-job, in batches as the roles make them, against a redis-server of its own with the durable
-settings of ``LocalRedis`` (``appendfsync always``): ``submit_many``; the scheduler's
+One process drives the store (``JobStore``) through the calls the control plane makes for a job,
+in batches as the roles make them, against a redis-server of its own with the durable settings
+of ``LocalRedis`` (``appendfsync always``; or ``--redis-url``): ``submit_many``; the scheduler's
 ``pending_order`` and ``pending_jobs``, then ``commit`` (every job to one of ``--sites`` sites,
 dealt out in turn); the dispatcher's ``take_outbox`` per site; the agent's answers through
 ``record_acks``, then ``apply_status`` RUNNING, then SUCCEEDED. No placement, no gRPC: what is
@@ -15,7 +16,8 @@ the jobs), this process's CPU per job (encoding and decoding the calls), and the
 job; and the Redis memory per queued job (``used_memory`` after the submits minus before). Each
 figure is the median over ``--runs`` rounds, every round on a fresh key prefix. This is a
 profiling aid for the store's scripts and record layout: the end-to-end figures are
-``bench.e2e``'s.
+``bench.e2e``'s. Results go to ``bench/results/store-path-<UTC time>.json``; ``--quick`` is a
+tiny run of 2,000 jobs.
 """
 
 from __future__ import annotations
@@ -25,21 +27,19 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench._report import Column, add_arguments, emit, header, machine, own_redis, table
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import RedisConfig
 from orchestrator.states import JobState
-from orchestrator.store.redis_server import LocalRedis
 from orchestrator.store.store import Ack, Decision, JobStore, StatusReport
 from orchestrator.validation import normalize_site, normalize_spec, normalize_tenant
 
-__all__ = ["StageCost", "main", "measure_store_path"]
+__all__ = ["Report", "StageCost", "main", "measure_store_path"]
 
 _TENANT = "bench-tenant"
 
@@ -182,57 +182,70 @@ async def measure_store_path(
     return stages, statistics.median(r["memory_per_job"] for r in rounds)
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A run: where and when, the sizes, the stages and the memory per queued job."""
+
+    machine: dict[str, str]
+    sizes: dict[str, int]
+    stages: list[StageCost]
+    memory_per_queued_job: float
+
+    def text(self) -> str:
+        total = StageCost(
+            "total",
+            sum(s.redis_cpu_us for s in self.stages),
+            sum(s.client_cpu_us for s in self.stages),
+            sum(s.wall_us for s in self.stages),
+        )
+        columns = [
+            Column("stage", 11, left=True),
+            Column("redis cpu us/job", 17),
+            Column("client cpu us/job", 18),
+            Column("wall us/job", 12),
+        ]
+        rows = [
+            [s.stage, f"{s.redis_cpu_us:.1f}", f"{s.client_cpu_us:.1f}", f"{s.wall_us:.1f}"]
+            for s in [*self.stages, total]
+        ]
+        return "\n".join(
+            [
+                *header("store path benchmark", self.machine),
+                ", ".join(f"{k} {v:,}" for k, v in self.sizes.items()) + "; medians of the runs",
+                "",
+                table(columns, rows),
+                "",
+                f"Redis memory per queued job: {self.memory_per_queued_job:,.0f} B",
+            ]
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.store_path",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
+    add_arguments(parser, name="store-path", runs=3)
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per round (20,000)")
     parser.add_argument("--batch", type=int, default=1_000, help="jobs per store call (1,000)")
     parser.add_argument("--sites", type=int, default=8, help="sites the jobs go to (8)")
-    parser.add_argument("--runs", type=int, default=3, help="rounds; figures are medians (3)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--redis-url", default=None, help="a Redis to use (default: start a redis-server)"
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sg-bench-") as tmp:
-        redis = LocalRedis(Path(tmp))
-        redis.start()
-        try:
-            stages, memory = asyncio.run(
-                measure_store_path(
-                    redis.url,
-                    jobs=args.jobs,
-                    batch=args.batch,
-                    site_count=args.sites,
-                    runs=args.runs,
-                )
-            )
-        finally:
-            redis.stop()
-    print(f"{'stage':<12}{'redis cpu us/job':>18}{'client cpu us/job':>19}{'wall us/job':>13}")
-    for s in stages:
-        print(f"{s.stage:<12}{s.redis_cpu_us:>18.1f}{s.client_cpu_us:>19.1f}{s.wall_us:>13.1f}")
-    total = StageCost(
-        "total",
-        sum(s.redis_cpu_us for s in stages),
-        sum(s.client_cpu_us for s in stages),
-        sum(s.wall_us for s in stages),
-    )
-    print(
-        f"{'total':<12}{total.redis_cpu_us:>18.1f}{total.client_cpu_us:>19.1f}{total.wall_us:>13.1f}"
-    )
-    print(f"Redis memory per queued job: {memory:,.0f} B")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"stages": [_fields(s) for s in stages], "memory_per_queued_job": memory},
-                indent=2,
-            )
+    jobs = 2_000 if args.quick else args.jobs
+    runs = 1 if args.quick else args.runs
+    with own_redis(args.redis_url) as url:
+        stages, memory = asyncio.run(
+            measure_store_path(url, jobs=jobs, batch=args.batch, site_count=args.sites, runs=runs)
         )
+        where = machine(redis_url=url)
+    sizes = {"jobs": jobs, "batch": args.batch, "sites": args.sites, "runs": runs}
+    emit(Report(where, sizes, stages, memory), name="store-path", path=args.json)
     return 0
-
-
-def _fields(s: StageCost) -> dict[str, Any]:
-    return {k: getattr(s, k) for k in ("stage", "redis_cpu_us", "client_cpu_us", "wall_us")}
 
 
 if __name__ == "__main__":
