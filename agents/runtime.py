@@ -67,6 +67,7 @@ from orchestrator.states import JobState
 from orchestrator.tracing import (
     context_from_traceparent,
     get_tracer,
+    recordable_traces,
     span_traceparent,
     tracing_active,
     wants_span,
@@ -440,11 +441,7 @@ class AgentRuntime:
         each still gets a ``job.run`` span of its own.
         """
         recording = self._tracer_given or tracing_active()
-        shared: dict[str, list[AttemptRequest]] = {}
-        if recording:
-            for req in requests:
-                if wants_span(req.traceparent, active=True):
-                    shared.setdefault(req.traceparent, []).append(req)
+        shared = recordable_traces(requests, lambda r: r.traceparent, active=recording)
         spans = {
             tp: self._tracer.start_span(
                 "agent.accept",

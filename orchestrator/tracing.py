@@ -11,10 +11,10 @@ the agent, and into the job's own process as ``TRACEPARENT``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -33,11 +33,14 @@ __all__ = [
     "current_traceparent",
     "get_tracer",
     "metadata_with_trace",
+    "recordable_traces",
     "span_traceparent",
     "start_span_from",
     "tracing_active",
     "wants_span",
 ]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,21 @@ def wants_span(traceparent: str, *, active: bool) -> bool:
     no span at all. A blank parent starts a new trace, which the sampler decides.
     """
     return active and not traceparent.endswith("-00")
+
+
+def recordable_traces(
+    items: Iterable[T], traceparent: Callable[[T], str], *, active: bool
+) -> dict[str, list[T]]:
+    """``items`` whose trace could record a span (``wants_span``), grouped by traceparent, in
+    order: the jobs of one ``SubmitJobs`` call share a trace, and hot paths make one span per
+    group rather than one per job."""
+    groups: dict[str, list[T]] = {}
+    if active:
+        for item in items:
+            tp = traceparent(item)
+            if wants_span(tp, active=True):
+                groups.setdefault(tp, []).append(item)
+    return groups
 
 
 def current_traceparent() -> str:

@@ -57,10 +57,10 @@ from orchestrator.states import JobState
 from orchestrator.store import Ack, Assignment, HeldAttempt, JobStore, StatusReport
 from orchestrator.tracing import (
     get_tracer,
+    recordable_traces,
     span_traceparent,
     start_span_from,
     tracing_active,
-    wants_span,
 )
 
 __all__ = ["Dispatcher", "DispatcherOptions", "owner_of"]
@@ -472,11 +472,7 @@ class _SiteLink:
         agent's spans still join the job's trace.
         """
         out = agent_pb2.DispatchBatch()
-        active = tracing_active()
-        traced: dict[str, list[Assignment]] = {}
-        for a in batch:
-            if wants_span(a.traceparent, active=active):
-                traced.setdefault(a.traceparent, []).append(a)
+        traced = recordable_traces(batch, lambda a: a.traceparent, active=tracing_active())
         parents: dict[str, str] = {}  # the job's traceparent -> the dispatch span's
         for tp, group in traced.items():
             attributes: dict[str, AttributeValue] = {"site.id": self.site_id}

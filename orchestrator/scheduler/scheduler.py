@@ -20,7 +20,7 @@ from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import SchedulerConfig
 from orchestrator.crashpoints import crash_point
 from orchestrator.errors import StoreUnavailableError
-from orchestrator.scheduler.model import JobRequest, Placed, PlacementResult, TenantView
+from orchestrator.scheduler.model import JobRequest, PlacementResult, TenantView
 from orchestrator.scheduler.placement import DefaultPolicy, Policy
 from orchestrator.scheduler.snapshot import job_request, read_snapshot, read_tenants
 from orchestrator.store import Decision, EpochGuard, JobStore, PendingJob, SiteRecord, Victim
@@ -28,6 +28,7 @@ from orchestrator.store.store import unavailable_as_error
 from orchestrator.tracing import (
     context_from_traceparent,
     get_tracer,
+    recordable_traces,
     tracing_active,
     wants_span,
 )
@@ -258,10 +259,10 @@ class Scheduler:
             ):
                 pass
 
-        by_trace: dict[str, list[tuple[Placed, str]]] = {}
-        for d, code in zip(result.decisions, codes, strict=True):
-            by_trace.setdefault(parent(d.job_id), []).append((d, code))
-        for tp, placed in by_trace.items():
+        placed_by_trace = recordable_traces(
+            zip(result.decisions, codes, strict=True), lambda dc: parent(dc[0].job_id), active=True
+        )
+        for tp, placed in placed_by_trace.items():
             if len(placed) == 1:
                 d, code = placed[0]
                 span(
@@ -276,7 +277,7 @@ class Scheduler:
                         "placement.commit": code,
                     },
                 )
-            elif wants_span(tp, active=active):
+            else:
                 with tracer.start_as_current_span(
                     "scheduler.place",
                     context=context_from_traceparent(tp),
