@@ -67,7 +67,7 @@ async def exercise(store: JobStore) -> None:
         job, _ = await store.submit(spec("over-auth"))
         assert (await store.get_job(job.id)).state == JobState.PENDING.value
         assert [r.job_id for r in await store.pending_window(10)] == [job.id]
-        assert set(await store.job_specs([job.id])) == {job.id}
+        assert set(await store.pending_jobs([job.id])) == {job.id}
         woken = None
         deadline = time.monotonic() + 5.0
         while woken is None and time.monotonic() < deadline:
