@@ -7,9 +7,10 @@ One process drives the store (``JobStore``) through the calls the control plane 
 in batches as the roles make them, against a redis-server of its own with the durable settings
 of ``LocalRedis`` (``appendfsync always``; or ``--redis-url``): ``submit_many``; the scheduler's
 ``pending_order`` and ``pending_jobs``, then ``commit`` (every job to one of ``--sites`` sites,
-dealt out in turn); the dispatcher's ``take_outbox`` per site; the agent's answers through
-``record_acks``, then ``apply_status`` RUNNING, then SUCCEEDED. No placement, no gRPC: what is
-left is the store's own cost, which every end-to-end job pays.
+dealt out in turn); the dispatcher's ``take_outbox`` per site; the agent's reports through
+``apply_status``, RUNNING then SUCCEEDED. (Accepted acks cost the store nothing: the dispatcher
+records only refusals.) No placement, no gRPC: what is left is the store's own cost, which
+every end-to-end job pays.
 
 Per stage it reports Redis's CPU per job (``INFO cpu``, ``used_cpu_sys + used_cpu_user``, over
 the jobs), this process's CPU per job (encoding and decoding the calls), and the wall time per
@@ -36,7 +37,7 @@ from bench._report import Column, add_arguments, emit, header, machine, own_redi
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import RedisConfig
 from orchestrator.states import JobState
-from orchestrator.store.store import Ack, Decision, JobStore, StatusReport
+from orchestrator.store.store import Decision, JobStore, StatusReport
 from orchestrator.validation import normalize_site, normalize_spec, normalize_tenant
 
 __all__ = ["Report", "StageCost", "main", "measure_store_path"]
@@ -120,23 +121,21 @@ async def _round(store: JobStore, jobs: int, batch: int, sites: Sequence[str]) -
 
     await stage("dispatch", dispatch)
 
-    def per_site(make: Callable[[str, int], Any]) -> Callable[[], Awaitable[None]]:
+    def per_site(state: JobState) -> Callable[[], Awaitable[None]]:
+        exit_code = 0 if state == JobState.SUCCEEDED else None
+
         async def run() -> None:
             for site, items in taken.items():
                 for i in range(0, len(items), batch):
-                    chunk = [make(j, a) for j, a in items[i : i + batch]]
-                    if isinstance(chunk[0], Ack):
-                        await store.record_acks(site, chunk)
-                    else:
-                        await store.apply_status(site, chunk)
+                    reports = [
+                        StatusReport(j, a, state, exit_code) for j, a in items[i : i + batch]
+                    ]
+                    await store.apply_status(site, reports)
 
         return run
 
-    await stage("ack", per_site(lambda j, a: Ack(j, a, True)))
-    await stage("running", per_site(lambda j, a: StatusReport(j, a, JobState.RUNNING)))
-    await stage(
-        "succeeded", per_site(lambda j, a: StatusReport(j, a, JobState.SUCCEEDED, exit_code=0))
-    )
+    await stage("running", per_site(JobState.RUNNING))
+    await stage("succeeded", per_site(JobState.SUCCEEDED))
     done = sum(len(v) for v in taken.values())
     if done != jobs:
         raise RuntimeError(f"{done} of {jobs} jobs went through")

@@ -154,6 +154,15 @@ class Assignment:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteWork:
+    """What a site's stream carries from the store: assignments taken from its outbox, and the
+    (job id, attempt) cancels to deliver, sorted."""
+
+    assignments: list[Assignment]
+    cancels: list[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     """The agent's answer to one assignment."""
 
@@ -240,6 +249,15 @@ def _s(value: bytes | str | None) -> str:
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _cancel_refs(members: Iterable[bytes | str]) -> list[tuple[str, int]]:
+    """A site's cancels set ('job:attempt' members) as sorted (job id, attempt) pairs."""
+    out = []
+    for m in members:
+        job_id, _, attempt = _s(m).rpartition(":")
+        out.append((job_id, int(attempt)))
+    return sorted(out)
 
 
 def _ts(seconds: str) -> Timestamp:
@@ -1381,15 +1399,21 @@ class JobStore:
 
     async def take_outbox(self, site_id: str, *, limit: int, resend: bool) -> list[Assignment]:
         """Mark up to ``limit`` SCHEDULED jobs of a site DISPATCHED and return them."""
+        return (await self.take_work(site_id, limit=limit, resend=resend)).assignments
+
+    async def take_work(self, site_id: str, *, limit: int, resend: bool) -> SiteWork:
+        """What a site's stream carries, in one call: ``take_outbox``'s assignments and the
+        ``pending_cancels``."""
         with self._unavailable():
-            flat = await self._scripts.run(
+            flat, members = await self._scripts.run(
                 "take_outbox",
                 [self.prefix, site_id, _now(), EVENTS_MAXLEN, limit, 1 if resend else 0],
             )
-        return [
+        assignments = [
             Assignment(_s(flat[i]), int(flat[i + 1]), flat[i + 2], _s(flat[i + 3]), _s(flat[i + 4]))
             for i in range(0, len(flat), 5)
         ]
+        return SiteWork(assignments, _cancel_refs(members))
 
     async def has_outbox(self, site_id: str) -> bool:
         """Whether the site has jobs waiting to be sent."""
@@ -1435,11 +1459,7 @@ class JobStore:
         """(job id, attempt) cancels to deliver to a site."""
         with self._unavailable():
             members = await self.client.smembers(self.keys.site_cancels(site_id))
-        out = []
-        for m in members:
-            job_id, _, attempt = _s(m).rpartition(":")
-            out.append((job_id, int(attempt)))
-        return sorted(out)
+        return _cancel_refs(members)
 
     async def record_heartbeat(
         self, site_id: str, *, dispatcher_id: str, at: float | None = None

@@ -13,7 +13,7 @@ async def test_a_tiny_run_measures_every_stage(redis_server: LocalRedis) -> None
         redis_server.url, jobs=200, batch=50, site_count=3, runs=1
     )
     assert [s.stage for s in stages] == [
-        "submit", "schedule", "dispatch", "ack", "running", "succeeded",
+        "submit", "schedule", "dispatch", "running", "succeeded",
     ]  # fmt: skip
     assert all(s.wall_us > 0 and s.client_cpu_us >= 0 and s.redis_cpu_us >= 0 for s in stages)
     assert 0 < memory < 100_000

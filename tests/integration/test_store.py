@@ -165,6 +165,12 @@ async def test_cancel_paths(store: JobStore) -> None:
     after = await store.cancel(running.id, "no longer needed")
     assert after.state == JobState.DISPATCHED.value and after.cancel_requested
     assert await store.pending_cancels("narvik") == [(running.id, 1)]
+    # the dispatcher gets them with the outbox, in the same call
+    other, _ = await store.submit(spec("o"))
+    await place(store, other)
+    work = await store.take_work("narvik", limit=10, resend=False)
+    assert [a.job_id for a in work.assignments] == [other.id]
+    assert work.cancels == [(running.id, 1)]
     # a late success still ends as CANCELLED: the cancel wins
     done = StatusReport(running.id, 1, JobState.SUCCEEDED, exit_code=0, message="exit code 0")
     assert await store.apply_status("narvik", [done]) == ["ok"]

@@ -12,7 +12,7 @@ SURFACES = {
         "Ack", "Assignment", "Decision", "EpochGuard", "HeldAttempt", "JobStore", "Keys",
         "LocalRedis", "MAX_SUBMIT_BATCH", "PendingJob",
         "PendingRef", "Reconciliation", "Rollback",
-        "RunningRecord", "SiteRecord", "StatusReport", "TenantRecord", "Victim",
+        "RunningRecord", "SiteRecord", "SiteWork", "StatusReport", "TenantRecord", "Victim",
         "find_redis_server", "free_port", "pending_score",
     ],
     "orchestrator.scheduler": [

@@ -35,10 +35,16 @@ local function load_job(p, id, names)
   return j
 end
 
--- Read the rest of JOB_FIELDS into j (loaded with fewer names), before a full transition.
-local function load_rest(p, id, j)
+-- What release, requeue and finish read of a job (with state, attempt, site, cancel and h).
+local RELEASE_FIELDS = {'gpu_type', 'r_gpus', 'r_cpus', 'r_mem', 'r_watts', 'nonhome', 'jur',
+                        'preempting', 'prio', 'tenant', 'started', 'queue', 'score', 'fails',
+                        'max_attempts'}
+
+-- Read the rest of JOB_FIELDS (or of names) into j, loaded with fewer names, before a full
+-- transition.
+local function load_rest(p, id, j, names_wanted)
   local names = {}
-  for _, name in ipairs(JOB_FIELDS) do
+  for _, name in ipairs(names_wanted or JOB_FIELDS) do
     if j[name] == nil then names[#names + 1] = name end
   end
   if #names == 0 then return end
@@ -200,7 +206,7 @@ local RELEASED = {'preempting', '0', 'nonhome', '0', 'r_watts', '0', 'jur', ''}
 
 -- Give back the capacity a placed job holds at its site (and in its tenant's usage) and drop
 -- it from the site's sets; an attempt that ran adds to the site's usage record (add_usage).
--- The caller writes RELEASED into the job's record.
+-- A caller that puts the job back in its queue writes RELEASED into its record (requeue).
 local function release(p, id, j, now)
   local site = j.site
   if site == '' then return end
@@ -243,7 +249,8 @@ local function hset(key, ...)
   redis.call('HSET', key, unpack(args))
 end
 
--- Move a job to a terminal state (5, 6 or 7).
+-- Move a job to a terminal state (5, 6 or 7). Its record keeps the last attempt's placement
+-- fields (RELEASED is for a job placed again): nothing reads them once it is terminal.
 local function finish(p, id, j, state, exit_code, msg, now)
   release(p, id, j, now)
   local f = {'state', state, 'updated', now, 'finished', now, 'reason', msg,
@@ -252,7 +259,7 @@ local function finish(p, id, j, state, exit_code, msg, now)
     f[#f + 1] = 'exit_code'
     f[#f + 1] = exit_code
   end
-  hset(p .. 'job:' .. id, f, j.site ~= '' and RELEASED or {})
+  redis.call('HSET', p .. 'job:' .. id, unpack(f))
 end
 
 -- Put a placed job back in its queue with a new attempt.

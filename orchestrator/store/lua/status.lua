@@ -29,7 +29,7 @@ for i = 5, #ARGV, 5 do
         code = 'dup'
       end
     elseif new == '9' and (cur == '3' or cur == '4' or cur == '8') then
-      load_rest(p, id, j)
+      load_rest(p, id, j, RELEASE_FIELDS)
       -- the agent stopped the attempt itself (its lease ran out): not the job's failure
       if j.cancel == '1' then
         finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now)
@@ -39,7 +39,7 @@ for i = 5, #ARGV, 5 do
       end
       code = 'retry'
     elseif (new == '5' or new == '6' or new == '7') and (cur == '3' or cur == '4' or cur == '8') then
-      load_rest(p, id, j)
+      load_rest(p, id, j, RELEASE_FIELDS)
       local fails = (tonumber(j.fails) or 0) + (new == '6' and 1 or 0)
       if j.cancel == '1' then
         finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now)

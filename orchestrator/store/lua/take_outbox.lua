@@ -1,9 +1,11 @@
 -- Take SCHEDULED jobs of one site for sending: mark them DISPATCHED and remember them as in
 -- flight until the agent acknowledges. With resend=1, first return the site's in-flight jobs
 -- again (after a reconnect or a dispatcher restart; the agent dedups on job id and attempt).
+-- Also returns the site's cancels to deliver, so that one call gets all a site's stream carries.
 -- KEYS: none (built from the prefix).
 -- ARGV: 1 prefix, 2 site id, 3 now (s), 4 events maxlen, 5 most jobs to take, 6 resend (0|1)
--- Returns: flat list, 5 per job: job id, attempt, spec bytes, traceparent, GPU type
+-- Returns: {jobs, cancels}: jobs a flat list, 5 per job: job id, attempt, spec bytes,
+--          traceparent, GPU type; cancels the members of the site's cancels set ('job:attempt')
 local p, site, now, maxlen, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local skey = p .. 'site:' .. site
 local out = {}
@@ -40,4 +42,4 @@ if #ids > 0 then
   add_members('ZADD', skey .. ':inflight', inflight)
   flush(p, maxlen)
 end
-return out
+return {out, redis.call('SMEMBERS', skey .. ':cancels')}
