@@ -22,7 +22,7 @@ from orchestrator.crashpoints import crash_point
 from orchestrator.errors import StoreUnavailableError
 from orchestrator.scheduler.model import JobRequest, PlacementResult, TenantView
 from orchestrator.scheduler.placement import DefaultPolicy, Policy
-from orchestrator.scheduler.snapshot import job_request, read_snapshot, read_tenants
+from orchestrator.scheduler.snapshot import job_request, read_snapshot, tenant_view
 from orchestrator.store import Decision, EpochGuard, JobStore, PendingJob, SiteRecord, Victim
 from orchestrator.store.store import unavailable_as_error
 from orchestrator.tracing import (
@@ -89,8 +89,10 @@ class Scheduler:
     async def run_once(self) -> CycleStats:
         """One cycle: window, snapshot, place, commit, preempt, record why the rest waits."""
         started = time.perf_counter()
-        await self.epoch.advance()
-        order = await self.store.pending_order(self.config.window)
+        mark = self.epoch.mark()
+        view = await self.store.cycle_view(self.config.window, epoch_key=self.epoch.key)
+        await self.epoch.advanced(view.epoch, mark)
+        order = view.order
         missing = [job_id for job_id, _ in order if job_id not in self._jobs]
         if missing:
             self._jobs.update(await self.store.pending_jobs(missing))
@@ -100,12 +102,14 @@ class Scheduler:
             self._requests.pop(job_id, None)
         for job_id in [j for j in self._waiting if j not in in_window]:
             del self._waiting[job_id]
-        await self._refresh_offers()
-        records = await self.store.site_records()
+        if await self._refresh_offers():
+            # site policies changed since the view was read
+            view = await self.store.cycle_view(self.config.window, epoch_key=self.epoch.key)
+        records = view.sites
         await self._lose_silent_sites(records)
         if not self._jobs:  # nothing to place: an idle cycle only watches the sites' liveness
             return CycleStats(0, 0, 0, 0, 0, time.perf_counter() - started)
-        tenants = await read_tenants(self.store)
+        tenants = {r.tenant.id: tenant_view(r) for r in view.tenants}
         jobs = self._window_requests(order, tenants)
         snapshot = await read_snapshot(
             self.store,
@@ -115,6 +119,7 @@ class Scheduler:
             preemption_window_seconds=self.config.preemption_window_seconds,
             weights=self.config.weights,
             records=records,
+            running=view.surplus,
         )
         result = self.policy.place(snapshot)
         with tracer.start_as_current_span(
@@ -191,17 +196,19 @@ class Scheduler:
             out.append(req)
         return out
 
-    async def _refresh_offers(self) -> None:
+    async def _refresh_offers(self) -> int:
         """Apply capacity offers' hour windows (``JobStore.refresh_offers``) once a minute and at
-        the first cycle of every UTC hour, so that windows open and close on the hour."""
+        the first cycle of every UTC hour, so that windows open and close on the hour; how
+        many sites' policy changed."""
         now = time.time()
         if now < self._offers_due:
-            return
+            return 0
         changed = await self.store.refresh_offers(now)
         if changed:
             log.info("capacity offers: policy of %d site(s) changed with the hour", changed)
         next_hour = (now // 3600 + 1) * 3600
         self._offers_due = min(now + OFFER_REFRESH_SECONDS, next_hour)
+        return changed
 
     async def _lose_silent_sites(self, records: Sequence[SiteRecord]) -> None:
         """Declare LOST the sites silent for longer than ``lost_after`` and requeue their work

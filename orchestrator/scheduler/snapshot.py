@@ -152,18 +152,24 @@ async def read_snapshot(
     weights: Weights | None = None,
     with_running: bool = True,
     records: Sequence[SiteRecord] | None = None,
+    running: Sequence[RunningRecord] | None = None,
 ) -> Snapshot:
-    """Sites (``records``, else read now), tenants and (optionally) preemption candidates."""
+    """Sites (``records``, else read now), tenants and (optionally) preemption candidates
+    (``running``, else read now)."""
     now = time.time()
     if records is None:
         records = await store.site_records()
     sites = [site_view(rec, now=now, stale_after=stale_after) for rec in records]
-    running = [running_job(r) for r in await store.surplus_running()] if with_running else []
+    candidates: list[RunningJob] = []
+    if with_running:
+        if running is None:
+            running = await store.surplus_running()
+        candidates = [running_job(r) for r in running]
     return Snapshot(
         jobs=jobs,
         sites=sites,
         tenants=tenants,
-        running=running,
+        running=candidates,
         now=now,
         preemption_window_seconds=preemption_window_seconds,
         weights=weights or Weights(),

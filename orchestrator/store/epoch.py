@@ -128,11 +128,22 @@ class EpochGuard:
     async def advance(self) -> int:
         """INCR the epoch and return it; an answer not above the mark is a rollback (reported,
         see :attr:`last_rollback`)."""
-        # Compare with the mark as it was when the command went out: a concurrent call of this
-        # guard may raise it before this answer is read.
-        floor, incidents = self._seen, self._incidents
+        mark = self.mark()
         with unavailable_as_error():
             value = int(await self._client.incr(self.key))
+        return await self.advanced(value, mark)
+
+    def mark(self) -> tuple[int, int]:
+        """What an epoch INCR'd elsewhere (``advanced``) is compared with: take it before that
+        command goes out, as a concurrent call of this guard may raise it before the answer is
+        read."""
+        return self._seen, self._incidents
+
+    async def advanced(self, value: int, mark: tuple[int, int]) -> int:
+        """Take ``value``, the answer of an INCR of :attr:`key` made by another call (a script
+        that reads more at once), as ``advance`` takes its own; ``mark`` is ``mark()`` from
+        before it went out. Returns ``value``."""
+        floor, incidents = mark
         if value <= floor:
             await self._rolled_back(floor, value, incidents)
         else:

@@ -32,6 +32,7 @@ SCRIPT_NAMES = (
     "usage",
     "read_pending",
     "site_rows",
+    "cycle_view",
 )
 
 

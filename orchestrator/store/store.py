@@ -71,6 +71,9 @@ _SUBMIT_SPACES = 10  # separators in submit.lua's per-job fields string
 MAX_SUBMIT_BATCH = 10_000
 """Most jobs one :meth:`JobStore.submit_many` (one SubmitJobs call) may carry: one Lua call
 holds Redis for all of them."""
+_RUNNING_FIELDS = ("state", "attempt", "tenant", "site", "gpu_type", "r_gpus", "r_cpus", "r_mem",
+                   "r_watts", "nonhome", "preempted_at")  # fmt: skip
+"""What ``surplus_running`` reads of each job (see ``_running_records``)."""
 _SITES_PER_CALL = 1000  # sites per call of seen.lua or sites_with_work: microseconds each
 _CAS_TRIES = 20  # reads and writes of a site's policy that a concurrent change can undo
 _OFFER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -151,6 +154,22 @@ class Assignment:
     spec: bytes
     traceparent: str
     gpu_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class CycleView:
+    """What a scheduler cycle reads before it places, read at one instant (``cycle_view``)."""
+
+    epoch: int
+    """The epoch, advanced by this read (for the caller's ``EpochGuard``)."""
+    order: list[tuple[str, float]]
+    """As ``pending_order``."""
+    sites: list[SiteRecord]
+    """As ``site_records()``."""
+    tenants: list[TenantRecord]
+    """As ``tenant_records()``."""
+    surplus: list[RunningRecord]
+    """As ``surplus_running()``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +268,110 @@ def _s(value: bytes | str | None) -> str:
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _site_records(site_ids: Sequence[str], rows: Sequence[Any]) -> list[SiteRecord]:
+    """Site records from site_rows.lua's four items per site (a missing site has none)."""
+    out = []
+    for i in range(len(site_ids)):
+        info, used, active, releasing = rows[4 * i : 4 * i + 4]
+        if not info:
+            continue
+        g = {info[k].decode(): info[k + 1] for k in range(0, len(info), 2)}
+        u = {used[k].decode(): int(used[k + 1]) for k in range(0, len(used), 2)}
+        rel = {releasing[k].decode(): int(releasing[k + 1]) for k in range(0, len(releasing), 2)}
+        site = types_pb2.Site()
+        site.ParseFromString(g.get("reg", b""))
+        policy = None
+        if "eff" in g:
+            policy = types_pb2.SitePolicy()
+            policy.ParseFromString(g["eff"])
+        hb = _s(g.get("hb"))
+        out.append(
+            SiteRecord(
+                site=site,
+                state=int(_s(g.get("state")) or 0),
+                capacity_gpus={
+                    k[len("cap:gpu:") :]: int(v) for k, v in g.items() if k.startswith("cap:gpu:")
+                },
+                capacity_cpus=int(_s(g.get("cap:cpus")) or 0),
+                capacity_memory_mb=int(_s(g.get("cap:mem")) or 0),
+                used_gpus={k[4:]: v for k, v in u.items() if k.startswith("gpu:") and v},
+                used_cpus=u.get("cpus", 0),
+                used_memory_mb=u.get("mem", 0),
+                active_jobs=int(active),
+                last_heartbeat=float(hb) if hb else None,
+                connected_by=_s(g.get("conn")),
+                used_watts=u.get("watts", 0),
+                used_gpus_nonhome=u.get("gpu_nonhome", 0),
+                releasing_gpus={k[4:]: v for k, v in rel.items() if k.startswith("gpu:") and v},
+                releasing_cpus=rel.get("cpus", 0),
+                releasing_memory_mb=rel.get("mem", 0),
+                releasing_watts=rel.get("watts", 0),
+                policy=policy,
+            )
+        )
+    return out
+
+
+def _tenant_records(tenant_ids: Sequence[str], rows: Sequence[Any]) -> list[TenantRecord]:
+    """Tenant records from two items per tenant: its spec (None if gone) and its used
+    counters (a dict)."""
+    out = []
+    for i in range(len(tenant_ids)):
+        raw, used = rows[2 * i], rows[2 * i + 1]
+        if raw is None:
+            continue
+        tenant = types_pb2.Tenant()
+        tenant.ParseFromString(raw)
+        u = {k.decode(): int(v) for k, v in used.items()}
+        out.append(
+            TenantRecord(
+                tenant=tenant,
+                used_gpus=u.get("gpus", 0),
+                used_gpus_by_jurisdiction={
+                    k[5:]: v for k, v in u.items() if k.startswith("gpus:") and v
+                },
+                used_cpus=u.get("cpus", 0),
+                used_memory_mb=u.get("mem", 0),
+            )
+        )
+    return out
+
+
+def _running_records(ids: Sequence[str], rows: Sequence[Any]) -> list[RunningRecord]:
+    """Running records from the _RUNNING_FIELDS of each job (those not placed dropped)."""
+    out = []
+    for job_id, row in zip(ids, rows, strict=True):
+        v = [_s(x) for x in row]
+        if v[0] not in ("2", "3", "4"):
+            continue
+        out.append(
+            RunningRecord(
+                job_id=job_id,
+                attempt=int(v[1]),
+                tenant=v[2],
+                site=v[3],
+                gpu_type=v[4],
+                gpus=int(v[5] or 0),
+                cpus=int(v[6] or 0),
+                memory_mb=int(v[7] or 0),
+                watts=int(v[8] or 0),
+                nonhome=v[9] == "1",
+                preempted_at=float(v[10]) if v[10] else None,
+            )
+        )
+    return out
+
+
+def _pairs(flat: Sequence[Any]) -> dict[bytes, Any]:
+    """A flat field, value list (HGETALL in a script) as a dict, as redis-py gives it."""
+    return {flat[k]: flat[k + 1] for k in range(0, len(flat), 2)}
+
+
+def _front(jobs: Iterable[tuple[str, float]], limit: int) -> list[tuple[str, float]]:
+    """The ``limit`` (job id, score) pairs of lowest score (then id), in that order."""
+    return [(jid, score) for score, jid in heapq.nsmallest(limit, ((sc, j) for j, sc in jobs))]
 
 
 def _cancel_refs(members: Iterable[bytes | str]) -> list[tuple[str, int]]:
@@ -1117,50 +1240,7 @@ class JobStore:
             for i in range(0, len(site_ids), _SITES_PER_CALL):
                 chunk = site_ids[i : i + _SITES_PER_CALL]
                 rows += await self._scripts.run("site_rows", [self.prefix, *chunk])
-        out = []
-        for i in range(len(site_ids)):
-            info, used, active, releasing = rows[4 * i : 4 * i + 4]
-            if not info:
-                continue
-            g = {info[k].decode(): info[k + 1] for k in range(0, len(info), 2)}
-            u = {used[k].decode(): int(used[k + 1]) for k in range(0, len(used), 2)}
-            rel = {
-                releasing[k].decode(): int(releasing[k + 1]) for k in range(0, len(releasing), 2)
-            }
-            site = types_pb2.Site()
-            site.ParseFromString(g.get("reg", b""))
-            policy = None
-            if "eff" in g:
-                policy = types_pb2.SitePolicy()
-                policy.ParseFromString(g["eff"])
-            hb = _s(g.get("hb"))
-            out.append(
-                SiteRecord(
-                    site=site,
-                    state=int(_s(g.get("state")) or 0),
-                    capacity_gpus={
-                        k[len("cap:gpu:") :]: int(v)
-                        for k, v in g.items()
-                        if k.startswith("cap:gpu:")
-                    },
-                    capacity_cpus=int(_s(g.get("cap:cpus")) or 0),
-                    capacity_memory_mb=int(_s(g.get("cap:mem")) or 0),
-                    used_gpus={k[4:]: v for k, v in u.items() if k.startswith("gpu:") and v},
-                    used_cpus=u.get("cpus", 0),
-                    used_memory_mb=u.get("mem", 0),
-                    active_jobs=int(active),
-                    last_heartbeat=float(hb) if hb else None,
-                    connected_by=_s(g.get("conn")),
-                    used_watts=u.get("watts", 0),
-                    used_gpus_nonhome=u.get("gpu_nonhome", 0),
-                    releasing_gpus={k[4:]: v for k, v in rel.items() if k.startswith("gpu:") and v},
-                    releasing_cpus=rel.get("cpus", 0),
-                    releasing_memory_mb=rel.get("mem", 0),
-                    releasing_watts=rel.get("watts", 0),
-                    policy=policy,
-                )
-            )
-        return out
+        return _site_records(site_ids, rows)
 
     @staticmethod
     def site_status(rec: SiteRecord) -> types_pb2.SiteStatus:
@@ -1206,12 +1286,36 @@ class JobStore:
                 for q in queues:
                     pipe.zrange(self.keys.pending(q), 0, limit - 1, withscores=True)
                 per_queue = await pipe.execute()
-        return [
-            (jid, score)
-            for score, jid in heapq.nsmallest(
-                limit, ((score, _s(jid)) for rows in per_queue for jid, score in rows)
+        return _front(((_s(jid), score) for rows in per_queue for jid, score in rows), limit)
+
+    async def cycle_view(self, limit: int, *, epoch_key: str) -> CycleView:
+        """Advance the epoch at ``epoch_key`` and read ``pending_order(limit)``, every site,
+        every tenant and ``surplus_running()``, in one script call (cycle_view.lua): a cycle's
+        reads were some ten round trips, each waiting its turn at a busy Redis."""
+        with self._unavailable():
+            epoch, queues, sites, tenants, surplus = await self._scripts.run(
+                "cycle_view", [self.prefix, epoch_key, limit, " ".join(_RUNNING_FIELDS)]
             )
+        waiting: list[tuple[str, float]] = []
+        for rows in queues[1::2]:  # name, front of the queue (id, score, ...), name, ...
+            waiting += [(_s(rows[k]), float(rows[k + 1])) for k in range(0, len(rows), 2)]
+        site_ids = [_s(sites[i]) for i in range(0, len(sites), 5)]
+        site_rows = [row for i in range(0, len(sites), 5) for row in sites[i + 1 : i + 5]]
+        tenant_ids = [_s(tenants[i]) for i in range(0, len(tenants), 3)]
+        tenant_rows = [
+            row
+            for i in range(0, len(tenants), 3)
+            for row in (tenants[i + 1], _pairs(tenants[i + 2]))
         ]
+        return CycleView(
+            epoch=int(epoch),
+            order=_front(waiting, limit),
+            sites=_site_records(site_ids, site_rows),
+            tenants=_tenant_records(tenant_ids, tenant_rows),
+            surplus=_running_records(
+                [_s(surplus[i]) for i in range(0, len(surplus), 2)], surplus[1::2]
+            ),
+        )
 
     async def pending_window(self, limit: int) -> list[PendingRef]:
         """The first ``limit`` pending jobs across all queues, in queue order, each checked
@@ -1277,35 +1381,13 @@ class JobStore:
 
     async def surplus_running(self) -> list[RunningRecord]:
         """Placed, unfinished SURPLUS-class jobs not already being preempted."""
-        fields = ("state", "attempt", "tenant", "site", "gpu_type", "r_gpus", "r_cpus",
-                  "r_mem", "r_watts", "nonhome", "preempted_at")  # fmt: skip
         with self._unavailable():
             ids = sorted(_s(i) for i in await self.client.smembers(self.keys.surplus_running))
             async with self.client.pipeline(transaction=False) as pipe:
                 for job_id in ids:
-                    pipe.hmget(self.keys.job(job_id), *fields)
+                    pipe.hmget(self.keys.job(job_id), *_RUNNING_FIELDS)
                 rows = await pipe.execute()
-        out = []
-        for job_id, row in zip(ids, rows, strict=True):
-            v = [_s(x) for x in row]
-            if v[0] not in ("2", "3", "4"):
-                continue
-            out.append(
-                RunningRecord(
-                    job_id=job_id,
-                    attempt=int(v[1]),
-                    tenant=v[2],
-                    site=v[3],
-                    gpu_type=v[4],
-                    gpus=int(v[5] or 0),
-                    cpus=int(v[6] or 0),
-                    memory_mb=int(v[7] or 0),
-                    watts=int(v[8] or 0),
-                    nonhome=v[9] == "1",
-                    preempted_at=float(v[10]) if v[10] else None,
-                )
-            )
-        return out
+        return _running_records(ids, rows)
 
     async def note_waiting(self, items: Sequence[tuple[str, int, str]]) -> int:
         """Record why pending jobs wait, where it changed (see note_waiting.lua)."""
@@ -1354,26 +1436,7 @@ class JobStore:
                     pipe.hget(self.keys.tenant(tid), "spec")
                     pipe.hgetall(self.keys.tenant_used(tid))
                 rows = await pipe.execute()
-        out = []
-        for i in range(len(tenant_ids)):
-            raw, used = rows[2 * i], rows[2 * i + 1]
-            if raw is None:
-                continue
-            tenant = types_pb2.Tenant()
-            tenant.ParseFromString(raw)
-            u = {k.decode(): int(v) for k, v in used.items()}
-            out.append(
-                TenantRecord(
-                    tenant=tenant,
-                    used_gpus=u.get("gpus", 0),
-                    used_gpus_by_jurisdiction={
-                        k[5:]: v for k, v in u.items() if k.startswith("gpus:") and v
-                    },
-                    used_cpus=u.get("cpus", 0),
-                    used_memory_mb=u.get("mem", 0),
-                )
-            )
-        return out
+        return _tenant_records(tenant_ids, rows)
 
     @staticmethod
     def tenant_status(rec: TenantRecord) -> types_pb2.TenantStatus:

@@ -322,3 +322,35 @@ async def test_password_protected_redis_is_one_url_away(tmp_path: Path) -> None:
             await no_auth.close()
     finally:
         server.stop()
+
+
+async def test_a_cycle_view_reads_what_the_separate_reads_do_at_once(store: JobStore) -> None:
+    await store.register_site(site("narvik"))
+    await store.register_site(site("abudhabi", jurisdiction="AE", h100=4))
+    await store.put_tenant(types_pb2.Tenant(id="acme", country="NO", weight=1.0))
+    await store.put_tenant(types_pb2.Tenant(id="zeta", country="SE", weight=2.0))
+    surplus = types_pb2.JobSpec()
+    surplus.CopyFrom(spec("surplus", gpus=2, gpu_type="H100"))
+    surplus.priority = types_pb2.PRIORITY_CLASS_SURPLUS
+    running, _ = await store.submit(surplus)
+    assert await place(store, running) == "ok"
+    other = types_pb2.JobSpec()
+    other.CopyFrom(spec("batch", tenant="zeta"))
+    other.queue = "batch"
+    for s in [spec("a"), other, spec("b", gpus=1, gpu_type="H100")]:
+        await store.submit(s)
+    epoch_key = store.keys.epoch
+    before = int(await store.client.get(epoch_key) or 0)
+
+    view = await store.cycle_view(2, epoch_key=epoch_key)
+
+    assert view.epoch == before + 1 == int(await store.client.get(epoch_key))
+    assert view.order == await store.pending_order(2) and len(view.order) == 2
+    assert (await store.cycle_view(10, epoch_key=epoch_key)).order == await store.pending_order(10)
+    assert view.sites == await store.site_records()
+    assert [r.site.id for r in view.sites] == ["abudhabi", "narvik"]
+    assert view.sites[1].used_gpus == {"H100": 2}
+    assert view.tenants == await store.tenant_records()
+    assert [t.tenant.id for t in view.tenants] == ["acme", "zeta"]
+    assert view.surplus == await store.surplus_running()
+    assert [r.job_id for r in view.surplus] == [running.id]

@@ -9,7 +9,7 @@ import pytest
 
 SURFACES = {
     "orchestrator.store": [
-        "Ack", "Assignment", "Decision", "EpochGuard", "HeldAttempt", "JobStore", "Keys",
+        "Ack", "Assignment", "CycleView", "Decision", "EpochGuard", "HeldAttempt", "JobStore", "Keys",
         "LocalRedis", "MAX_SUBMIT_BATCH", "PendingJob",
         "PendingRef", "Reconciliation", "Rollback",
         "RunningRecord", "SiteRecord", "SiteWork", "StatusReport", "TenantRecord", "Victim",

@@ -1,0 +1,52 @@
+-- Everything a scheduler cycle reads before it places, in one call (one consistent view, and
+-- one round trip where there were some ten: each waits its turn at a busy Redis): the epoch,
+-- advanced; the front of every queue; every site; every tenant; the surplus-class jobs placed.
+-- KEYS: none (built from the prefix).
+-- ARGV: 1 prefix, 2 the epoch key, 3 most jobs to read of each queue, 4 the fields to read of
+--       each surplus-class job, space-separated
+-- Returns: {epoch, queues, sites, tenants, surplus}, each list flat and sorted by id:
+--   queues:  per queue, its name and its first jobs (flat id, score list, as ZRANGE WITHSCORES)
+--   sites:   per site, its id and the four items of site_rows.lua
+--   tenants: per tenant, its id, its spec (false if gone) and its used counters (flat)
+--   surplus: per job, its id and the fields of ARGV[4] (false where missing)
+local p, epoch_key, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local function sorted_members(key)
+  local ids = redis.call('SMEMBERS', key)
+  table.sort(ids)
+  return ids
+end
+
+local epoch = redis.call('INCR', epoch_key)
+
+local queues = {}
+for _, q in ipairs(sorted_members(p .. 'queues')) do
+  queues[#queues + 1] = q
+  queues[#queues + 1] = redis.call('ZRANGE', p .. 'pending:' .. q, 0, limit - 1, 'WITHSCORES')
+end
+
+local sites = {}
+for _, id in ipairs(sorted_members(p .. 'sites')) do
+  local skey = p .. 'site:' .. id
+  sites[#sites + 1] = id
+  sites[#sites + 1] = redis.call('HGETALL', skey)
+  sites[#sites + 1] = redis.call('HGETALL', skey .. ':used')
+  sites[#sites + 1] = redis.call('SCARD', skey .. ':active')
+  sites[#sites + 1] = redis.call('HGETALL', skey .. ':releasing')
+end
+
+local tenants = {}
+for _, id in ipairs(sorted_members(p .. 'tenants')) do
+  tenants[#tenants + 1] = id
+  tenants[#tenants + 1] = redis.call('HGET', p .. 'tenant:' .. id, 'spec')
+  tenants[#tenants + 1] = redis.call('HGETALL', p .. 'tenant:' .. id .. ':used')
+end
+
+local fields = {}
+for name in string.gmatch(ARGV[4], '%S+') do fields[#fields + 1] = name end
+local surplus = {}
+for _, id in ipairs(sorted_members(p .. 'surplus')) do
+  surplus[#surplus + 1] = id
+  surplus[#surplus + 1] = redis.call('HMGET', p .. 'job:' .. id, unpack(fields))
+end
+
+return {epoch, queues, sites, tenants, surplus}
