@@ -74,6 +74,9 @@ holds Redis for all of them."""
 _RUNNING_FIELDS = ("state", "attempt", "tenant", "site", "gpu_type", "r_gpus", "r_cpus", "r_mem",
                    "r_watts", "nonhome", "preempted_at")  # fmt: skip
 """What ``surplus_running`` reads of each job (see ``_running_records``)."""
+_ENDS = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+"""The states a RUNNING report may share one update with (see ``apply_status``)."""
+_RS = "\x1e"
 _SITES_PER_CALL = 1000  # sites per call of seen.lua or sites_with_work: microseconds each
 _CAS_TRIES = 20  # reads and writes of a site's policy that a concurrent change can undo
 _OFFER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -1508,15 +1511,40 @@ class JobStore:
             return [_s(c) for c in await self._scripts.run("ack", args)]
 
     async def apply_status(self, site_id: str, reports: Sequence[StatusReport]) -> list[str]:
-        """Apply status reports from a site's agent (see status.lua)."""
+        """Apply status reports from a site's agent (see status.lua); one code per report.
+
+        An attempt's RUNNING followed, with nothing for it in between, by its end (a short
+        job: the agent reports both in one batch) goes to the script as one update, which
+        reads and writes the record once."""
         if not reports:
             return []
-        args: list[Any] = [self.prefix, site_id, _now(), EVENTS_MAXLEN]
-        for r in reports:
+        updates: list[list[Any]] = []  # job id, attempt, state, exit code, message
+        of: list[list[int]] = []  # the reports (their places) each update stands for
+        running: dict[tuple[str, int], int] = {}  # attempt -> its RUNNING update, if last
+        for n, r in enumerate(reports):
+            key = (r.job_id, r.attempt)
             exit_code = "" if r.exit_code is None else str(r.exit_code)
-            args += [r.job_id, r.attempt, r.state.value, exit_code, r.message]
+            i = running.pop(key, None)
+            if i is not None and r.state in _ENDS:
+                u = updates[i]
+                u[2], u[3] = f"4{r.state.value}", exit_code
+                u[4] = u[4].replace(_RS, " ") + _RS + r.message
+                of[i].append(n)
+                continue
+            if r.state == JobState.RUNNING:
+                running[key] = len(updates)
+            updates.append([r.job_id, r.attempt, r.state.value, exit_code, r.message])
+            of.append([n])
+        args: list[Any] = [self.prefix, site_id, _now(), EVENTS_MAXLEN]
+        for u in updates:
+            args += u
         with self._unavailable():
-            return [_s(c) for c in await self._scripts.run("status", args)]
+            replies = await self._scripts.run("status", args)
+        codes = [""] * len(reports)
+        for places, reply in zip(of, replies, strict=True):
+            for n, code in zip(places, _s(reply).split(" "), strict=True):
+                codes[n] = code
+        return codes
 
     async def pending_cancels(self, site_id: str) -> list[tuple[str, int]]:
         """(job id, attempt) cancels to deliver to a site."""

@@ -15,7 +15,7 @@ from orchestrator.errors import (
     StoreUnavailableError,
 )
 from orchestrator.states import JobState
-from orchestrator.store import Ack, Decision, JobStore, StatusReport
+from orchestrator.store import Ack, Decision, JobStore, LocalRedis, StatusReport
 from orchestrator.validation import normalize_site, normalize_spec
 
 
@@ -354,3 +354,89 @@ async def test_a_cycle_view_reads_what_the_separate_reads_do_at_once(store: JobS
     assert [t.tenant.id for t in view.tenants] == ["acme", "zeta"]
     assert view.surplus == await store.surplus_running()
     assert [r.job_id for r in view.surplus] == [running.id]
+
+
+async def _hset_calls(store: JobStore) -> int:
+    """HSET commands the server ran so far (scripts' included)."""
+    stats = await store.client.info("commandstats")
+    return int(stats["cmdstat_hset"]["calls"])
+
+
+async def _dispatched(store: JobStore, specs: list[types_pb2.JobSpec]) -> list[str]:
+    """Jobs submitted, placed on narvik and taken for sending (DISPATCHED), in order."""
+    ids = []
+    for s in specs:
+        job, _ = await store.submit(s)
+        assert await place(store, job) == "ok"
+        ids.append(job.id)
+    await store.take_outbox("narvik", limit=100, resend=False)
+    return ids
+
+
+async def test_a_running_report_and_the_end_in_one_batch_act_as_two(
+    redis_server: LocalRedis,
+) -> None:
+    """RUNNING then an end of one attempt in one batch is applied as one update: the codes, the
+    records and the histories are those of the reports applied one by one."""
+    together, one_by_one = (
+        JobStore.from_config(RedisConfig(url=redis_server.url, prefix=f"pair-{name}:"))
+        for name in ("together", "apart")
+    )
+    results = []
+    try:
+        for store in (together, one_by_one):
+            await store.register_site(site())
+            specs = [spec(f"j{i}", max_attempts=2 if i == 2 else 1) for i in range(8)]
+            ids = await _dispatched(store, specs)
+            await store.cancel(ids[4])  # cancel requested: the end becomes CANCELLED
+            R, S, F, L = JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.LOST
+            reports = [
+                StatusReport(ids[0], 1, R, message="started\x1ehere"),
+                StatusReport(ids[1], 1, R),
+                StatusReport(ids[2], 1, R),
+                StatusReport(ids[3], 1, R),
+                StatusReport(ids[4], 1, R),
+                StatusReport(ids[5], 1, R),
+                StatusReport(ids[6], 9, R),  # another attempt: stale, both
+                StatusReport(ids[0], 1, S, exit_code=0, message="exit code 0"),
+                StatusReport(ids[1], 1, F, exit_code=3, message="exit code 3"),
+                StatusReport(ids[2], 1, F, exit_code=1, message="exit code 1"),  # retried
+                StatusReport(ids[3], 1, L, message="lease ran out"),  # not an end: apart
+                StatusReport(ids[4], 1, S, exit_code=0),
+                StatusReport(ids[6], 9, S, exit_code=0),
+                StatusReport(ids[7], 1, S, exit_code=0),  # no RUNNING before it
+                StatusReport(ids[0], 1, R),  # after its end: stale
+                StatusReport(ids[5], 1, JobState.CANCELLED, exit_code=143),
+            ]
+            hsets = await _hset_calls(store)
+            if store is together:
+                codes = await store.apply_status("narvik", reports)
+            else:
+                codes = [c for r in reports for c in await store.apply_status("narvik", [r])]
+            hsets = await _hset_calls(store) - hsets
+            jobs = await store.get_jobs(ids)
+            histories = [[e.state for e in await store.events(j)] for j in ids]
+            results.append((codes, jobs, histories, hsets))
+    finally:
+        await together.close()
+        await one_by_one.close()
+    (codes, jobs, histories, hsets), (codes_apart, jobs_apart, histories_apart, hsets_apart) = (
+        results
+    )
+    assert codes == codes_apart
+    assert hsets <= hsets_apart - 5  # the five pairs that ran wrote their records once
+    assert codes[:7] == ["ok"] * 6 + ["stale"] and codes[7:11] == ["ok", "ok", "retry", "retry"]
+    assert histories == histories_apart
+    assert histories[0][-2:] == [JobState.RUNNING.value, JobState.SUCCEEDED.value]
+    for job, apart in zip(jobs, jobs_apart, strict=True):
+        assert (job.state, job.attempt, job.exit_code) == (
+            apart.state,
+            apart.attempt,
+            apart.exit_code,
+        )
+        assert job.HasField("started_at") == apart.HasField("started_at")
+    assert [JobState(j.state).name for j in jobs] == [
+        "SUCCEEDED", "FAILED", "PENDING", "PENDING", "CANCELLED", "CANCELLED", "DISPATCHED",
+        "SUCCEEDED",
+    ]  # fmt: skip
+    assert jobs[0].HasField("started_at") and not jobs[7].HasField("started_at")

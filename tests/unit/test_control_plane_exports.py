@@ -9,8 +9,8 @@ import pytest
 
 SURFACES = {
     "orchestrator.store": [
-        "Ack", "Assignment", "CycleView", "Decision", "EpochGuard", "HeldAttempt", "JobStore", "Keys",
-        "LocalRedis", "MAX_SUBMIT_BATCH", "PendingJob",
+        "Ack", "Assignment", "CycleView", "Decision", "EpochGuard", "HeldAttempt", "JobStore",
+        "Keys", "LocalRedis", "MAX_SUBMIT_BATCH", "PendingJob",
         "PendingRef", "Reconciliation", "Rollback",
         "RunningRecord", "SiteRecord", "SiteWork", "StatusReport", "TenantRecord", "Victim",
         "find_redis_server", "free_port", "pending_score",

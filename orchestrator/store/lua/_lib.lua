@@ -259,6 +259,10 @@ local function finish(p, id, j, state, exit_code, msg, now)
     f[#f + 1] = 'exit_code'
     f[#f + 1] = exit_code
   end
+  if j.write_started then  -- its RUNNING came in the same call (status.lua) and is not written
+    f[#f + 1] = 'started'
+    f[#f + 1] = j.started
+  end
   redis.call('HSET', p .. 'job:' .. id, unpack(f))
 end
 

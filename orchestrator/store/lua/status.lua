@@ -6,8 +6,12 @@
 -- KEYS: none (built from the prefix).
 -- ARGV: 1 prefix, 2 site id, 3 now (s), 4 events maxlen, then 5 per update:
 --       job id, attempt, new state (4 RUNNING, 5 SUCCEEDED, 6 FAILED, 7 CANCELLED, 9 LOST),
---       exit code ('' for none), message
--- Returns: one code per update: 'ok', 'retry', 'dup' or 'stale'
+--       exit code ('' for none), message;
+--       or an attempt's RUNNING and its end reported together (a short job): new state 45, 46
+--       or 47, and the two messages separated by RS (\30; the first holds none). That is
+--       the two updates in turn, with one read and one write of the record.
+-- Returns: one code per update: 'ok', 'retry', 'dup' or 'stale' (for a pair, the two codes
+--          separated by a space)
 local p, site, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
 BUFFERED = true
@@ -16,6 +20,24 @@ for i = 5, #ARGV, 5 do
   local id, attempt, new, exit_code, msg = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local j = load_job(p, id, STATUS)
   local code = 'stale'
+  local ran = nil  -- for a pair: the RUNNING update's code, and its end's becomes code
+  if #new == 2 then
+    local sep = string.find(msg, '\30', 1, true)
+    local running_msg = string.sub(msg, 1, sep - 1)
+    new, msg, ran = string.sub(new, 2), string.sub(msg, sep + 1), 'stale'
+    if j and j.site == site and j.attempt == attempt then
+      if j.state == '3' then
+        -- RUNNING, kept in j: the end's write below carries it (finish writes 'started'; a
+        -- requeue drops it), and its history entry
+        event(j, id, '4', attempt, site, running_msg ~= '' and running_msg or 'running', now, '')
+        j.state, j.started, j.write_started = '4', now, true
+        zrem(p .. 'site:' .. site .. ':inflight', id)
+        ran = 'ok'
+      elseif j.state == '4' or j.state == '8' then
+        ran = 'dup'
+      end
+    end
+  end
   if j and j.site == site and j.attempt == attempt then
     local cur = j.state
     if new == '4' then
@@ -60,6 +82,7 @@ for i = 5, #ARGV, 5 do
       code = 'dup'
     end
   end
+  if ran then code = ran .. ' ' .. code end
   out[#out + 1] = code
 end
 flush(p, maxlen)
