@@ -87,7 +87,9 @@ Two more measurements run on clusters of their own, from the suite (``python -m 
   sampler (``SG_TRACES_MEMORY_REPORT``); the measurement fails unless, with tracing on, every
   process reported the sampler asked for and, at 100%, at least one span per job, and with it
   off none did (so a mode that silently did not trace cannot pass for one that did). This
-  process (the client) does not trace. Goals: 100% sampling costs <= 15% of the rate, 1% <= 3%.
+  process (the client) does not trace. Goals: 100% sampling costs <= 15% of the rate, 1% <= 3%,
+  the cost estimated from CPU per job (``tracing_cost``: fresh clusters differ too much in rate
+  to resolve 3%); the rate ratios are reported beside it.
 - **control-plane memory per job in flight** (``measure_inflight_memory``): on a fresh cluster,
   a warm-up batch run to the end, then K jobs held RUNNING (they run for a day at their
   simulated sites); the resident memory of the api, scheduler, dispatchers and redis-server
@@ -942,6 +944,32 @@ class TracingRun:
         return sum(self.spans.values()) / self.jobs
 
 
+def tracing_cost(off: Sequence[PhaseResult], traced: Sequence[PhaseResult]) -> float:
+    """The throughput tracing costs, in percent, estimated from CPU per job: round by round,
+    what it adds to the CPU per job of the processes that trace (every one but redis-server
+    and this client), against the untraced cluster of the same round, as a share of the traced
+    cluster's CPU per job in all (but this client's); the median over the rounds.
+
+    On a machine whose cores the pipeline keeps busy, the rate falls by that share. The rates
+    themselves are reported too (``batch submit, tracing ... / off``), but fresh clusters
+    differ by up to a fifth in rate with tracing off on both, far more than the 3% to resolve;
+    their CPU per job differs by a few percent, mostly in redis-server, which tracing leaves
+    alone.
+    """
+
+    def cpu(result: PhaseResult, *, traced_only: bool) -> float:
+        return sum(
+            v
+            for name, v in result.cpu_us_per_job.items()
+            if name != "bench" and not (traced_only and name == "redis")
+        )
+
+    return statistics.median(
+        (cpu(t, traced_only=True) - cpu(o, traced_only=True)) / cpu(t, traced_only=False) * 100
+        for o, t in zip(off, traced, strict=True)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TracingReport:
     """The tracing measurement: rows by mode, ratios and goals, every cluster's spans."""
@@ -1116,10 +1144,12 @@ def measure_tracing(
     for mode in TRACING_MODES[1:]:
         ratio = paired([r.jobs_per_second for r in results[mode.name]], off)
         ratios.append(Ratio(f"batch submit, tracing {mode.name} / off", ratio))
+        cost = tracing_cost(results["off"], results[mode.name])
+        ratios.append(Ratio(f"CPU per job added by tracing {mode.name}, share", cost / 100))
         goals.append(
             Goal.at_most(
                 f"tracing at {mode.name} sampling: throughput lost",
-                (1 - ratio) * 100,
+                cost,
                 TRACING_COST_GOALS[mode.name],
                 unit="%",
             )

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from bench._cluster import BACKLOG_TENANT, PREFIX, Cluster, E2EError, EventTail, top_functions
-from bench.e2e import QUICK, Report, _Context, main, measure, sustained
+from bench.e2e import QUICK, PhaseResult, Report, _Context, main, measure, sustained, tracing_cost
 from orchestrator.sdk import AsyncClient
 from orchestrator.states import JobState
 
@@ -188,3 +188,20 @@ def test_summaries_of_rates_and_profiles() -> None:
     assert total == 100
     assert [(f.function, f.samples) for f in top] == [("run (loop.py)", 60), ("place (s.py)", 40)]
     assert top[0].share == pytest.approx(0.6)
+
+
+def test_the_tracing_cost_is_what_tracing_adds_to_the_cpu_per_job() -> None:
+    def run(rate: float, **cpu: float) -> PhaseResult:
+        return PhaseResult("batch", 1000, 1.0, 1000.0, 1.0, rate, 1.0, 2.0, 3.0, 0, cpu)
+
+    off = [
+        run(5000, api=50, fleet=50, redis=140, bench=15),
+        run(4000, api=50, fleet=50, redis=150, bench=15),  # a slow cluster: redis costs more
+    ]
+    traced = [
+        run(4000, api=60, fleet=70, redis=170, bench=15),  # +30 of 300 without the client
+        run(4500, api=55, fleet=65, redis=140, bench=15),  # +20 of 260
+    ]
+    # redis-server and the client are left out of what tracing adds; the rates play no part
+    assert tracing_cost(off, traced) == pytest.approx((30 / 300 + 20 / 260) / 2 * 100)
+    assert tracing_cost(off, off) == 0
