@@ -13,7 +13,9 @@ module docstring has the method):
              with 1k and 100k jobs queued (1M with ``--big``) and Redis memory per queued job
     tracing  ``bench.e2e.measure_tracing``: batch submit with tracing off, at 100% sampling and
              at 1% (parent-based), every process exporting to memory; a fresh cluster per mode
-             and round, the modes interleaved; the spans each process recorded are checked
+             and round, the modes interleaved; the spans each process recorded are checked;
+             the cost is judged on what tracing adds to CPU per job (fresh clusters differ in
+             rate by more than the 3% to resolve; the rate ratios are reported too)
     ray      the peer, Ray Jobs (``bench.ray_jobs.measure_ray_jobs``, on a Ray head of its
              own), against ours in the same round: our batch submit on a fresh cluster over its
              jobs/s, and our control plane's memory per job in flight

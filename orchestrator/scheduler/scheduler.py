@@ -89,6 +89,7 @@ class Scheduler:
     async def run_once(self) -> CycleStats:
         """One cycle: window, snapshot, place, commit, preempt, record why the rest waits."""
         started = time.perf_counter()
+        await self._refresh_offers()  # before the view: it may change the sites' policies
         mark = self.epoch.mark()
         view = await self.store.cycle_view(self.config.window, epoch_key=self.epoch.key)
         await self.epoch.advanced(view.epoch, mark)
@@ -102,9 +103,6 @@ class Scheduler:
             self._requests.pop(job_id, None)
         for job_id in [j for j in self._waiting if j not in in_window]:
             del self._waiting[job_id]
-        if await self._refresh_offers():
-            # site policies changed since the view was read
-            view = await self.store.cycle_view(self.config.window, epoch_key=self.epoch.key)
         records = view.sites
         await self._lose_silent_sites(records)
         if not self._jobs:  # nothing to place: an idle cycle only watches the sites' liveness
@@ -196,19 +194,17 @@ class Scheduler:
             out.append(req)
         return out
 
-    async def _refresh_offers(self) -> int:
+    async def _refresh_offers(self) -> None:
         """Apply capacity offers' hour windows (``JobStore.refresh_offers``) once a minute and at
-        the first cycle of every UTC hour, so that windows open and close on the hour; how
-        many sites' policy changed."""
+        the first cycle of every UTC hour, so that windows open and close on the hour."""
         now = time.time()
         if now < self._offers_due:
-            return 0
+            return
         changed = await self.store.refresh_offers(now)
         if changed:
             log.info("capacity offers: policy of %d site(s) changed with the hour", changed)
         next_hour = (now // 3600 + 1) * 3600
         self._offers_due = min(now + OFFER_REFRESH_SECONDS, next_hour)
-        return changed
 
     async def _lose_silent_sites(self, records: Sequence[SiteRecord]) -> None:
         """Declare LOST the sites silent for longer than ``lost_after`` and requeue their work
