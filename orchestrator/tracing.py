@@ -53,6 +53,10 @@ def get_tracer(name: str) -> Tracer:
     return trace.get_tracer(name)
 
 
+_TRACEPARENT_LENGTH = 55
+"""Of a version-00 W3C traceparent: 2 + 1 + 32 + 1 + 16 + 1 + 2 characters."""
+
+
 def tracing_active() -> bool:
     """Whether a real TracerProvider is installed (spans made now could be recorded).
 
@@ -67,11 +71,20 @@ def tracing_active() -> bool:
 def wants_span(traceparent: str, *, active: bool) -> bool:
     """Whether a span under ``traceparent`` could be recorded (``active``: ``tracing_active()``).
 
-    A parent whose trace flags say "not sampled" (``...-00``) makes every child unsampled under
-    the parent-based samplers, so hot paths skip such spans: at 1% sampling 99% of jobs cost
-    no span at all. A blank parent starts a new trace, which the sampler decides.
+    A parent whose trace flags say "not sampled" (bit 0 clear: ``-00``, or ``-02`` with the
+    random-trace-id bit the SDK sets) makes every child unsampled under the parent-based
+    samplers, so hot paths skip such spans: at 1% sampling 99% of jobs cost no span at all. A
+    blank or malformed parent starts a new trace, which the sampler decides.
     """
-    return active and not traceparent.endswith("-00")
+    if not active:
+        return False
+    flags = traceparent[-3:]  # version-traceid-parentid-flags: "-" and two hex digits
+    if len(traceparent) != _TRACEPARENT_LENGTH or flags[0] != "-":
+        return True
+    try:
+        return bool(int(flags[1:], 16) & 1)
+    except ValueError:
+        return True
 
 
 def recordable_traces(

@@ -8,6 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+from orchestrator.tracing import current_traceparent, wants_span
 
 _PROGRAM = """
 import os, json
@@ -88,3 +92,27 @@ def test_an_otlp_endpoint_exports_to_that_collector() -> None:
         for span in ss.spans
     ]
     assert ("hello", "svc-otlp") in spans
+
+
+def test_a_span_is_wanted_only_under_a_sampled_or_blank_parent() -> None:
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-"
+    assert wants_span(tp + "01", active=True) and wants_span(tp + "03", active=True)
+    # not sampled, with or without the random-trace-id flag the SDK sets (0x02)
+    assert not wants_span(tp + "00", active=True) and not wants_span(tp + "02", active=True)
+    # blank or malformed: a new trace, the sampler decides
+    assert wants_span("", active=True) and wants_span("garbage-00", active=True)
+    assert wants_span(tp + "zz", active=True)
+    assert not wants_span(tp + "01", active=False) and not wants_span("", active=False)
+
+
+def test_the_sdk_marks_unsampled_parents_as_wants_span_reads_them() -> None:
+    """Under ratio sampling, a root span's traceparent is wanted exactly when it is sampled."""
+    provider = TracerProvider(sampler=TraceIdRatioBased(0.5))
+    tracer = provider.get_tracer("test")
+    seen = {True: 0, False: 0}
+    for _ in range(200):
+        with tracer.start_as_current_span("root") as span:
+            sampled = span.get_span_context().trace_flags.sampled
+            assert wants_span(current_traceparent(), active=True) == sampled
+            seen[sampled] += 1
+    assert seen[True] > 0 and seen[False] > 0
