@@ -49,6 +49,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
 
 from agents.config import AgentConfig
 from agents.executors.base import (
@@ -891,9 +892,10 @@ class AgentRuntime:
         log.info("%s attempt %d %s: %s", req.job_id, req.attempt, state, message)
         span = att.run_span
         if span is not None:
-            span.set_attribute("job.state", state.value)
+            ended: dict[str, AttributeValue] = {"job.state": state.value}
             if exit_code is not None:
-                span.set_attribute("job.exit_code", exit_code)
+                ended["job.exit_code"] = exit_code
+            span.set_attributes(ended)  # one call: each takes the span's lock
             if state is AttemptState.FAILED:
                 span.set_status(StatusCode.ERROR, message)
             span.end()

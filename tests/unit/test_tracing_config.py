@@ -10,8 +10,9 @@ import sys
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.trace import INVALID_SPAN
 
-from orchestrator.tracing import current_traceparent, wants_span
+from orchestrator.tracing import current_traceparent, span_traceparent, wants_span
 
 _PROGRAM = """
 import os, json
@@ -116,3 +117,12 @@ def test_the_sdk_marks_unsampled_parents_as_wants_span_reads_them() -> None:
             assert wants_span(current_traceparent(), active=True) == sampled
             seen[sampled] += 1
     assert seen[True] > 0 and seen[False] > 0
+
+
+def test_a_spans_traceparent_is_what_the_propagator_injects() -> None:
+    provider = TracerProvider(sampler=TraceIdRatioBased(0.5))
+    tracer = provider.get_tracer("test")
+    for _ in range(20):
+        with tracer.start_as_current_span("s") as span:
+            assert span_traceparent(span) == current_traceparent() != ""
+    assert span_traceparent(INVALID_SPAN) == ""
