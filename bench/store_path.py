@@ -13,12 +13,15 @@ records only refusals.) No placement, no gRPC: what is left is the store's own c
 every end-to-end job pays.
 
 Per stage it reports Redis's CPU per job (``INFO cpu``, ``used_cpu_sys + used_cpu_user``, over
-the jobs), this process's CPU per job (encoding and decoding the calls), and the wall time per
-job; and the Redis memory per queued job (``used_memory`` after the submits minus before). Each
-figure is the median over ``--runs`` rounds, every round on a fresh key prefix. This is a
-profiling aid for the store's scripts and record layout: the end-to-end figures are
+the jobs), and how much of Redis's time went to the commands themselves and how much to the Lua
+interpreter around them in the scripts (``INFO commandstats``: ``EVALSHA``'s time less that of
+every other command); this process's CPU per job (encoding and decoding the calls), and the
+wall time per job; and the Redis memory per queued job (``used_memory`` after the submits minus
+before). Each figure is the median over ``--runs`` rounds, every round on a fresh key prefix.
+This is a profiling aid for the store's scripts and record layout: the end-to-end figures are
 ``bench.e2e``'s. Results go to ``bench/results/store-path-<UTC time>.json``; ``--quick`` is a
-tiny run of 2,000 jobs.
+tiny run of 2,000 jobs. (RUNNING and SUCCEEDED go in calls of their own, as for jobs that run
+a while; a short job's two reports come in one call, one update: see ``JobStore.apply_status``.)
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ class StageCost:
     redis_cpu_us: float
     client_cpu_us: float
     wall_us: float
+    commands_us: float
+    """Redis's time in the commands themselves, those scripts call included (``INFO
+    commandstats``)."""
+    scripts_us: float
+    """Redis's time in the scripts (``EVALSHA``) less that of the commands in them: the Lua
+    interpreter's own work (with a few microseconds of commands run directly counted out)."""
 
 
 def _spec() -> types_pb2.JobSpec:
@@ -71,19 +80,40 @@ async def _redis_cpu(store: JobStore) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+async def _command_times(store: JobStore) -> tuple[float, float]:
+    """Seconds Redis spent so far in EVAL/EVALSHA, and in every other command but INFO."""
+    info: Any = await store.client.info("commandstats")
+    scripts = commands = 0.0
+    for name, stats in info.items():
+        if name in ("cmdstat_evalsha", "cmdstat_eval"):
+            scripts += float(stats["usec"]) / 1e6
+        elif name != "cmdstat_info":
+            commands += float(stats["usec"]) / 1e6
+    return scripts, commands
+
+
 async def _used_memory(store: JobStore) -> int:
     info: Any = await store.client.info("memory")
     return int(info["used_memory"])
 
 
 async def _round(store: JobStore, jobs: int, batch: int, sites: Sequence[str]) -> dict[str, Any]:
-    costs: dict[str, tuple[float, float, float]] = {}
+    costs: dict[str, tuple[float, float, float, float, float]] = {}
 
     async def stage(name: str, work: Callable[[], Awaitable[object]]) -> None:
+        s0, k0 = await _command_times(store)
         r0, c0, w0 = await _redis_cpu(store), time.process_time(), time.perf_counter()
         await work()
         w1, c1, r1 = time.perf_counter(), time.process_time(), await _redis_cpu(store)
-        costs[name] = ((r1 - r0) / jobs * 1e6, (c1 - c0) / jobs * 1e6, (w1 - w0) / jobs * 1e6)
+        s1, k1 = await _command_times(store)
+        commands, scale = k1 - k0, 1e6 / jobs
+        costs[name] = (
+            (r1 - r0) * scale,
+            (c1 - c0) * scale,
+            (w1 - w0) * scale,
+            commands * scale,
+            (s1 - s0 - commands) * scale,
+        )
 
     spec = _spec()
     mem0 = await _used_memory(store)
@@ -174,7 +204,7 @@ async def measure_store_path(
     stages = [
         StageCost(
             name,
-            *(statistics.median(r["costs"][name][k] for r in rounds) for k in range(3)),
+            *(statistics.median(r["costs"][name][k] for r in rounds) for k in range(5)),
         )
         for name in names
     ]
@@ -196,15 +226,26 @@ class Report:
             sum(s.redis_cpu_us for s in self.stages),
             sum(s.client_cpu_us for s in self.stages),
             sum(s.wall_us for s in self.stages),
+            sum(s.commands_us for s in self.stages),
+            sum(s.scripts_us for s in self.stages),
         )
         columns = [
             Column("stage", 11, left=True),
             Column("redis cpu us/job", 17),
+            Column("in commands", 12),
+            Column("in Lua", 7),
             Column("client cpu us/job", 18),
             Column("wall us/job", 12),
         ]
         rows = [
-            [s.stage, f"{s.redis_cpu_us:.1f}", f"{s.client_cpu_us:.1f}", f"{s.wall_us:.1f}"]
+            [
+                s.stage,
+                f"{s.redis_cpu_us:.1f}",
+                f"{s.commands_us:.1f}",
+                f"{s.scripts_us:.1f}",
+                f"{s.client_cpu_us:.1f}",
+                f"{s.wall_us:.1f}",
+            ]
             for s in [*self.stages, total]
         ]
         return "\n".join(

@@ -16,4 +16,6 @@ async def test_a_tiny_run_measures_every_stage(redis_server: LocalRedis) -> None
         "submit", "schedule", "dispatch", "running", "succeeded",
     ]  # fmt: skip
     assert all(s.wall_us > 0 and s.client_cpu_us >= 0 and s.redis_cpu_us >= 0 for s in stages)
+    # every stage runs scripts whose commands take Redis time; dispatch is one script per site
+    assert all(s.commands_us > 0 and s.scripts_us > 0 for s in stages)
     assert 0 < memory < 100_000
