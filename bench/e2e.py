@@ -954,9 +954,10 @@ def tracing_cost(off: Sequence[PhaseResult], traced: Sequence[PhaseResult]) -> f
 
     On a machine whose cores the pipeline keeps busy, the rate falls by that share. The rates
     themselves are reported too (``batch submit, tracing ... / off``), but fresh clusters
-    differ by up to a fifth in rate with tracing off on both, far more than the 3% to resolve;
-    their CPU per job differs by a few percent, mostly in redis-server, which tracing leaves
-    alone.
+    differ by up to a fifth in rate with tracing off on both, far more than the 3% to resolve.
+    Their CPU per job varies less, most of it in redis-server, which tracing leaves alone, but
+    still by several percent in the others: the 1% goal is at the edge of what a 2-core machine
+    resolves with three rounds.
     """
 
     def cpu(result: PhaseResult, *, traced_only: bool) -> float:
