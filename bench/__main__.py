@@ -64,6 +64,7 @@ from bench._report import (
     emit,
     goal_lines,
     header,
+    json_text,
     machine,
     number,
     own_redis,
@@ -260,7 +261,7 @@ class SuiteReport:
     """Each part's own report (its JSON)."""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json_text(asdict(self))
 
     def text(self) -> str:
         took = ", ".join(f"{p} {s:.0f} s" for p, s in self.seconds.items())

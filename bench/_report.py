@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import math
 import os
 import platform
@@ -35,7 +36,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import google.protobuf
 import grpc
@@ -274,6 +275,22 @@ class Reportable(Protocol):
     def text(self) -> str: ...
 
     def to_json(self) -> str: ...
+
+
+def json_text(doc: Any) -> str:
+    """``doc`` as indented JSON, strict: a figure that is no number (NaN or infinite: not
+    measured) is written as null, since NaN is not JSON and strict readers refuse it."""
+    return json.dumps(_finite(doc), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def default_json_path(name: str, now: datetime.datetime | None = None) -> Path:

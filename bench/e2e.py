@@ -141,6 +141,7 @@ from bench._report import (
     emit,
     goal_lines,
     header,
+    json_text,
     machine,
     paired,
     percentile,
@@ -988,7 +989,7 @@ class TracingReport:
     verified_jobs: int
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json_text(asdict(self))
 
     def text(self) -> str:
         o = self.options
@@ -1324,7 +1325,7 @@ class Report:
     """Jobs checked SUCCEEDED exactly once (all of them: else the run fails)."""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json_text(asdict(self))
 
     def text(self) -> str:
         m, o = self.machine, self.options

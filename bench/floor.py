@@ -63,7 +63,6 @@ import asyncio
 import contextlib
 import datetime
 import enum
-import json
 import logging
 import secrets
 import statistics
@@ -88,6 +87,7 @@ from bench._report import (
     add_arguments,
     emit,
     header,
+    json_text,
     machine,
     own_redis,
     paired,
@@ -1112,7 +1112,7 @@ class Report:
     def to_json(self) -> str:
         doc = asdict(self)
         doc["floor"] = asdict(self.floor)
-        return json.dumps(doc, indent=2) + "\n"
+        return json_text(doc)
 
     def text(self) -> str:
         m, s = self.machine, self.sizes

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import logging
 import os
 import statistics
@@ -62,6 +61,7 @@ from bench._report import (
     emit,
     goal_lines,
     header,
+    json_text,
     machine,
     own_redis,
 )
@@ -435,7 +435,7 @@ class Report:
     goals: list[Goal]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json_text(asdict(self))
 
     def text(self) -> str:
         m, s = self.machine, self.sizes

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import random
 import statistics
 import sys
@@ -25,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench._report import Column, Goal, add_arguments, emit, goal_lines, header, machine
+from bench._report import Column, Goal, add_arguments, emit, goal_lines, header, json_text, machine
 from bench._report import table as _table
 from orchestrator.jurisdictions import GROUPS
 from orchestrator.scheduler.model import (
@@ -396,7 +395,7 @@ class Report:
     goals: list[Goal]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json_text(asdict(self))
 
     def text(self) -> str:
         m = self.machine

@@ -106,6 +106,7 @@ from bench._report import (
     add_arguments,
     emit,
     header,
+    json_text,
     machine,
     number,
     percentile,
@@ -396,7 +397,7 @@ class Report:
 
     def to_json(self) -> str:
         """The report for scripts."""
-        return json.dumps(asdict(self), indent=2)
+        return json_text(asdict(self))
 
 
 def _per_job(mib: float, jobs: int) -> str:

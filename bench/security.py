@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import logging
 import os
 import statistics
@@ -60,6 +59,7 @@ from bench._report import (
     add_arguments,
     emit,
     header,
+    json_text,
     machine,
     own_redis,
     paired,
@@ -626,7 +626,7 @@ class Report:
     ratios: list[Ratio]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json_text(asdict(self))
 
     def text(self) -> str:
         m, s = self.machine, self.sizes

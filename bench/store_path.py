@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench._report import Column, add_arguments, emit, header, machine, own_redis, table
+from bench._report import Column, add_arguments, emit, header, json_text, machine, own_redis, table
 from orchestrator._pb.orchestrator.v1 import types_pb2
 from orchestrator.config import RedisConfig
 from orchestrator.states import JobState
@@ -260,7 +259,7 @@ class Report:
         )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json_text(asdict(self))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

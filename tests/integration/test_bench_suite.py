@@ -168,6 +168,14 @@ def test_a_part_that_fails_is_reported_and_its_goals_fail(
     assert not any(g.passed for g in result.goals) and all(
         math.isnan(g.value) for g in result.goals
     )
+
+    def strict(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    # the JSON is strict: what was not measured is null, not NaN
+    doc = json.loads(result.to_json(), parse_constant=strict)
+    goals = [(g["value"], g["limit"], g["passed"]) for g in doc["goals"]]
+    assert goals == [(None, None, False)] * 4
     text = result.text()
     assert len(goal_lines(text)) == 4 and "FAILED ray: RuntimeError: ray broke" in text
     assert "0 of 4 goals met" in text
