@@ -52,7 +52,7 @@ def test_quick_run_measures_every_process(redis_server: LocalRedis) -> None:
         assert row.cpu_empty_percent >= 0 and row.cpu_percent >= 0
         assert len(row.cpu_runs) == report.runs
         assert row.rss_empty_mb > 0 and row.rss_mb > 0
-    # ten connected sites beating every 0.2 s keep the dispatcher and the fleet busy
+    # ten connected sites beating every 0.05 s keep the dispatcher and the fleet busy
     by = {r.name: r for r in report.processes}
     assert by["dispatcher"].cpu_percent > 0 and by["fleet"].cpu_percent > 0
 
