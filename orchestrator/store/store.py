@@ -274,7 +274,8 @@ def _s(value: bytes | str | None) -> str:
 
 
 def _site_records(site_ids: Sequence[str], rows: Sequence[Any]) -> list[SiteRecord]:
-    """Site records from site_rows.lua's four items per site (a missing site has none)."""
+    """Site records from the four items per site of add_site_row (lua/_lib.lua; a missing site
+    has none)."""
     out = []
     for i in range(len(site_ids)):
         info, used, active, releasing = rows[4 * i : 4 * i + 4]

@@ -327,6 +327,17 @@ local function reconsider_all(p)
   return #ids
 end
 
+-- Append to out what site_records reads of a site, four items: its hash (flat field, value
+-- list), its used counters (flat), how many jobs are active there, its releasing counters
+-- (flat). Used by site_rows.lua and cycle_view.lua.
+local function add_site_row(out, p, site)
+  local skey = p .. 'site:' .. site
+  out[#out + 1] = redis.call('HGETALL', skey)
+  out[#out + 1] = redis.call('HGETALL', skey .. ':used')
+  out[#out + 1] = redis.call('SCARD', skey .. ':active')
+  out[#out + 1] = redis.call('HGETALL', skey .. ':releasing')
+end
+
 -- Append one entry to a site's log (capped): the state it is in, a message, the time.
 local function site_log(p, site, state, msg, now)
   redis.call('XADD', p .. 'site:' .. site .. ':log', 'MAXLEN', '~', 1000, '*',

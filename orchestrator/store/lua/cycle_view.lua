@@ -6,7 +6,7 @@
 --       each surplus-class job, space-separated
 -- Returns: {epoch, queues, sites, tenants, surplus}, each list flat and sorted by id:
 --   queues:  per queue, its name and its first jobs (flat id, score list, as ZRANGE WITHSCORES)
---   sites:   per site, its id and the four items of site_rows.lua
+--   sites:   per site, its id and the four items of add_site_row (_lib.lua)
 --   tenants: per tenant, its id, its spec (false if gone) and its used counters (flat)
 --   surplus: per job, its id and the fields of ARGV[4] (false where missing)
 local p, epoch_key, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -26,12 +26,8 @@ end
 
 local sites = {}
 for _, id in ipairs(sorted_members(p .. 'sites')) do
-  local skey = p .. 'site:' .. id
   sites[#sites + 1] = id
-  sites[#sites + 1] = redis.call('HGETALL', skey)
-  sites[#sites + 1] = redis.call('HGETALL', skey .. ':used')
-  sites[#sites + 1] = redis.call('SCARD', skey .. ':active')
-  sites[#sites + 1] = redis.call('HGETALL', skey .. ':releasing')
+  add_site_row(sites, p, id)
 end
 
 local tenants = {}
