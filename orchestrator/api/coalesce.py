@@ -64,16 +64,16 @@ class SubmitCoalescer:
                     if not future.done():  # its caller may have given up (deadline, cancel)
                         future.set_result(result)
             except BaseException as exc:  # every caller of the batch gets the batch's error
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                _fail(batch, exc)
                 if not isinstance(exc, Exception):
-                    self._fail_queued(exc)
+                    # the writer is going away (cancelled): no queued caller may wait for ever
+                    queued, self._queue = self._queue, []
+                    _fail(queued, exc)
                     raise
 
-    def _fail_queued(self, exc: BaseException) -> None:
-        """The writer is going away (cancelled): no queued caller may wait for ever."""
-        queued, self._queue = self._queue, []
-        for _, _, future in queued:
-            if not future.done():
-                future.set_exception(exc)
+
+def _fail(items: list[_Item], exc: BaseException) -> None:
+    """Fail the callers of ``items`` that still wait."""
+    for _, _, future in items:
+        if not future.done():
+            future.set_exception(exc)
