@@ -26,6 +26,7 @@ from agents.executors.sim import SimExecutor
 from agents.server import AgentServer
 from orchestrator.config import TlsFiles
 from orchestrator.errors import InvalidSpecError, SiteNotFoundError
+from orchestrator.gc_tuning import tune_garbage_collector
 from orchestrator.tracing import configure_tracing
 
 __all__ = [
@@ -206,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sg-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_tracing("sg-agent", os.environ)
+    tune_garbage_collector()
     executor: Executor = (
         SimExecutor() if args.executor == "sim" else LocalExecutor(base_env=os.environ)
     )

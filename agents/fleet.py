@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import resource
@@ -70,6 +69,7 @@ from orchestrator._pb.agent.v1 import agent_pb2, agent_pb2_grpc
 from orchestrator._pb.orchestrator.v1 import service_pb2
 from orchestrator.config import TlsFiles
 from orchestrator.errors import InvalidSpecError
+from orchestrator.gc_tuning import tune_garbage_collector
 from orchestrator.security.certs import CONTROL_PLANE_NAME, certificate_dns_names, site_server_name
 from orchestrator.security.tls import peer_dns_names, server_credentials
 from orchestrator.sitefile import SiteConfig
@@ -459,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agents.fleet: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _raise_open_files_limit()
-    _tune_garbage_collector()
+    tune_garbage_collector()
     configure_tracing("sg-fleet", os.environ)
     try:
         if args.state_dir is not None:
@@ -505,24 +505,6 @@ async def _serve(
         ready_file=args.ready_file,
         ready=ready,
     )
-
-
-def _tune_garbage_collector() -> None:
-    """Run the cyclic garbage collector about 15 times less often than by default.
-
-    A simulated job allocates a dozen or so container objects (its request, attempt, spec,
-    status records) that live for a step or two of the event loop, and a fleet holds thousands
-    of them in flight. At the default threshold (a collection every 700 allocations more than
-    frees) the collector ran every few dozen jobs, walked all of those in flight each time and
-    moved the survivors to older generations, walked again there: 10 us or more of CPU per job,
-    about a sixth of what a job cost the fleet. At 10,000 it runs about 15 times less often, for
-    about half the cost. Nearly everything is freed by reference counting anyway; the rare
-    reference cycles wait a little longer. What exists once the sites are made (modules, site
-    configs) is moved out of the collector's way for good (``gc.freeze``).
-    """
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(10_000, older, oldest)
 
 
 def _raise_open_files_limit() -> None:

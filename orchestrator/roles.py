@@ -21,6 +21,7 @@ from orchestrator.api.server import run_until_signalled
 from orchestrator.config import ControlPlaneConfig
 from orchestrator.dispatch import Dispatcher, DispatcherOptions
 from orchestrator.errors import OrchestratorError
+from orchestrator.gc_tuning import tune_garbage_collector
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import JobStore
 from orchestrator.tracing import configure_tracing
@@ -93,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     configure_tracing(f"sg-{args.role}", os.environ)
+    tune_garbage_collector()
     asyncio.run(_serve(args.role, config, args.index))
     return 0
 

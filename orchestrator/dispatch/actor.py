@@ -11,6 +11,7 @@ from typing import Any
 from orchestrator.background import LoopThread
 from orchestrator.config import ControlPlaneConfig
 from orchestrator.dispatch.dispatcher import Dispatcher, DispatcherOptions
+from orchestrator.gc_tuning import tune_garbage_collector
 from orchestrator.store import JobStore
 from orchestrator.tracing import configure_tracing
 
@@ -25,6 +26,7 @@ class DispatcherActor:
     ) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         configure_tracing("sg-dispatcher", otel_env)
+        tune_garbage_collector()
         self._config = config
         self._options = DispatcherOptions.from_config(config, index=index)
         self._dispatcher: Dispatcher | None = None

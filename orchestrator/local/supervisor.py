@@ -22,6 +22,7 @@ from pathlib import Path
 
 from orchestrator.config import ControlPlaneConfig, RedisConfig, SecurityConfig, TlsFiles
 from orchestrator.controlplane import ControlPlane
+from orchestrator.gc_tuning import tune_garbage_collector
 from orchestrator.local.state import UpState, state_path, write_state
 from orchestrator.processes import stop_process
 from orchestrator.security.certs import write_dev_pki, write_site_certificate
@@ -320,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     otel_env = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
     configure_tracing("sg-api", otel_env)
+    tune_garbage_collector()
     opts = UpOptions(
         state_dir=state_dir,
         sites_file=ns.sites.resolve(),

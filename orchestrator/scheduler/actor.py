@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.background import LoopThread
 from orchestrator.config import ControlPlaneConfig
+from orchestrator.gc_tuning import tune_garbage_collector
 from orchestrator.scheduler.scheduler import Scheduler
 from orchestrator.store import JobStore
 from orchestrator.tracing import configure_tracing
@@ -29,6 +30,7 @@ class SchedulerActor:
     def __init__(self, config: ControlPlaneConfig, otel_env: Mapping[str, str]) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         configure_tracing("sg-scheduler", otel_env)
+        tune_garbage_collector()
         self._config = config
         self._scheduler: Scheduler | None = None
         self._thread = LoopThread(
