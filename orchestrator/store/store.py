@@ -36,6 +36,7 @@ from orchestrator.federation import effective_policy, offer_active
 from orchestrator.ids import new_job_id
 from orchestrator.jurisdictions import expand
 from orchestrator.states import JobState
+from orchestrator.store.connection import use_c_packing
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts import Scripts
 
@@ -541,7 +542,8 @@ class JobStore:
             pool = aioredis.BlockingConnectionPool.from_url(
                 config.url, max_connections=max_connections, **kwargs
             )
-            return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
+            # closing the client closes its pool
+            return aioredis.Redis.from_pool(use_c_packing(pool))
 
         return cls(
             client(config.max_connections),
