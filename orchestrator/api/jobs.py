@@ -146,19 +146,20 @@ class JobServiceServicer(service_pb2_grpc.JobServiceServicer):
             span.set_attribute("jobs.count", len(request.specs))
             specs = _batch_specs(current_principal(), request.specs)
             traceparent = current_traceparent()
-            results = await self._store.submit_many(specs, traceparents=[traceparent] * len(specs))
-            deduplicated = sum(1 for _, dedup in results if dedup)
+            done = await self._store.submit_specs(specs, traceparents=[traceparent] * len(specs))
+            deduplicated = sum(done.deduplicated)
             span.set_attribute("jobs.deduplicated", deduplicated)
-        if results:
+        if specs:
             log.info(
                 "submitted %d jobs in one batch (%s .. %s), %d deduplicated",
-                len(results), results[0][0].id, results[-1][0].id, deduplicated,
+                len(specs), done.job_ids[0], done.job_ids[-1], deduplicated,
             )  # fmt: skip
-        return service_pb2.SubmitJobsResponse(
-            results=[
-                service_pb2.SubmitJobResult(job=job, deduplicated=dedup) for job, dedup in results
-            ]
-        )
+        # each result filled where it goes: a Job made first would be copied in again
+        response = service_pb2.SubmitJobsResponse()
+        add = response.results.add
+        for i, spec in enumerate(specs):
+            done.write_job(i, spec, add(deduplicated=done.deduplicated[i]).job)
+        return response
 
     async def GetJob(
         self, request: service_pb2.GetJobRequest, context: aio.ServicerContext[Any, Any]

@@ -53,6 +53,7 @@ __all__ = [
     "RunningRecord",
     "SiteRecord",
     "StatusReport",
+    "Submitted",
     "TenantRecord",
     "Victim",
     "pending_score",
@@ -99,6 +100,36 @@ class PendingJob:
     spec: types_pb2.JobSpec
     traceparent: str
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What one ``submit.lua`` call did with a batch of specs (``JobStore.submit_specs``)."""
+
+    job_ids: list[str]
+    """Per spec, in order: the new job's id, or the earlier job's for a deduplicated retry."""
+    deduplicated: list[bool]
+    earlier: dict[str, types_pb2.Job]
+    """The earlier jobs of the deduplicated specs, as read back (their current state)."""
+    created: Timestamp
+    """The new jobs' submit time."""
+
+    def write_job(self, i: int, spec: types_pb2.JobSpec, into: types_pb2.Job) -> None:
+        """Write the job of the ``i``-th spec (``spec``) into the empty message ``into``: the
+        new job as written (PENDING, attempt 1), or the earlier one. Filling a message that
+        is already where it goes (a response's repeated field) copies the spec once, where
+        making a ``Job`` and handing it to a parent message copies it twice."""
+        job_id = self.job_ids[i]
+        if self.deduplicated[i]:
+            into.CopyFrom(self.earlier[job_id])
+            return
+        into.id = job_id
+        into.state = types_pb2.JOB_STATE_PENDING
+        into.attempt = 1
+        into.reason = "waiting for placement"
+        into.created_at.CopyFrom(self.created)
+        into.updated_at.CopyFrom(self.created)
+        into.spec.CopyFrom(spec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,8 +652,24 @@ class JobStore:
         *,
         traceparents: Sequence[str] | None = None,
     ) -> list[tuple[types_pb2.Job, bool]]:
-        """Enqueue normalised specs, all in one atomic step. Returns, in order, each job and
-        whether it was a deduplicated retry.
+        """Enqueue normalised specs, all in one atomic step (see :meth:`submit_specs`).
+        Returns, in order, each job and whether it was a deduplicated retry."""
+        done = await self.submit_specs(specs, traceparents=traceparents)
+        out: list[tuple[types_pb2.Job, bool]] = []
+        for i, spec in enumerate(specs):
+            job = types_pb2.Job()
+            done.write_job(i, spec, job)
+            out.append((job, done.deduplicated[i]))
+        return out
+
+    async def submit_specs(
+        self,
+        specs: Sequence[types_pb2.JobSpec],
+        *,
+        traceparents: Sequence[str] | None = None,
+    ) -> Submitted:
+        """Enqueue normalised specs, all in one atomic step. Returns what became of each
+        (``Submitted.write_job`` writes its job into a message).
 
         One call of ``submit.lua`` writes every job: Redis runs nothing else meanwhile, and the
         answer comes after the write is in the AOF (one fsync for the whole batch, which is
@@ -650,7 +697,7 @@ class JobStore:
                 "traceparents", f"{len(traceparents)} given for {len(specs)} specs"
             )
         if not specs:
-            return []
+            return Submitted([], [], {}, Timestamp())
         tps = traceparents if traceparents is not None else [""] * len(specs)
         now = time.time()
         now_text = f"{now:.6f}"
@@ -673,31 +720,14 @@ class JobStore:
             args += [new_job_id(now), spec.SerializeToString(), tp, fields]
         with self._unavailable():
             flat = await self._scripts.run("submit", args)
-        written = [
-            (_s(job_id), bool(int(dedup)))
-            for job_id, dedup in zip(flat[::2], flat[1::2], strict=True)
-        ]
-        earlier = {job_id for job_id, dedup in written if dedup}
-        found = {j.id: j for j in await self.get_jobs(sorted(earlier))} if earlier else {}
-        created = _ts(now_text)
-        out: list[tuple[types_pb2.Job, bool]] = []
-        for spec, (job_id, dedup) in zip(specs, written, strict=True):
-            if dedup:
-                if job_id not in found:
-                    raise JobNotFoundError(job_id)
-                out.append((found[job_id], True))
-                continue
-            job = types_pb2.Job(
-                id=job_id,
-                state=types_pb2.JOB_STATE_PENDING,
-                attempt=1,
-                reason="waiting for placement",
-                created_at=created,
-                updated_at=created,
-            )
-            job.spec.CopyFrom(spec)
-            out.append((job, False))
-        return out
+        job_ids = [_s(job_id) for job_id in flat[::2]]
+        deduplicated = [bool(int(dedup)) for dedup in flat[1::2]]
+        earlier_ids = sorted({j for j, dedup in zip(job_ids, deduplicated, strict=True) if dedup})
+        found = {j.id: j for j in await self.get_jobs(earlier_ids)} if earlier_ids else {}
+        for job_id in earlier_ids:
+            if job_id not in found:
+                raise JobNotFoundError(job_id)
+        return Submitted(job_ids, deduplicated, found, _ts(now_text))
 
     async def get_job(self, job_id: str) -> types_pb2.Job:
         """One job. Raises ``JobNotFoundError``."""
