@@ -440,3 +440,28 @@ async def test_a_running_report_and_the_end_in_one_batch_act_as_two(
         "SUCCEEDED",
     ]  # fmt: skip
     assert jobs[0].HasField("started_at") and not jobs[7].HasField("started_at")
+
+
+async def test_control_characters_in_messages_become_spaces_in_the_history(
+    store: JobStore,
+) -> None:
+    """A message's control characters (the history's own separators among them) are stored as
+    spaces, for every job of a batch, whether its message is shared or its own."""
+    await store.register_site(site())
+    ids = await _dispatched(store, [spec(f"j{i}") for i in range(4)])
+    shared = "line one\nline\x1ftwo\x1e\x07"
+    reports = [
+        StatusReport(ids[0], 1, JobState.FAILED, exit_code=1, message=shared),
+        StatusReport(ids[1], 1, JobState.FAILED, exit_code=1, message=shared),
+        StatusReport(ids[2], 1, JobState.FAILED, exit_code=2, message="own\tmessage\r"),
+        StatusReport(ids[3], 1, JobState.SUCCEEDED, exit_code=0, message="plain"),
+    ]
+    assert await store.apply_status("narvik", reports) == ["ok"] * 4
+    last = [(await store.events(job_id))[-1] for job_id in ids]
+    assert [e.message for e in last] == [
+        "line one line two  ",
+        "line one line two  ",
+        "own message ",
+        "plain",
+    ]
+    assert [e.exit_code for e in last] == [1, 1, 2, 0]

@@ -72,8 +72,17 @@ local EVENT_GROUP = 100
 local EVENTS = {}        -- group key -> {state, site, msg, now, exit, ids, attempts}
 local EVENT_ORDER = {}   -- group keys in first-seen order
 
+-- Messages with their control characters made spaces, per script run: a batch's jobs share
+-- a few messages ('dispatched to X'), and a pattern match per event costs more than a lookup.
+local CLEAN = {}
+
 local function history_entry(state, attempt, site, msg, now, exit_code)
-  msg = string.gsub(msg, '%c', ' ')
+  local clean = CLEAN[msg]
+  if not clean then
+    clean = string.gsub(msg, '%c', ' ')
+    CLEAN[msg] = clean
+  end
+  msg = clean
   return state .. '\31' .. attempt .. '\31' .. site .. '\31' .. now .. '\31' .. (exit_code or '')
     .. '\31' .. msg .. '\30'
 end
