@@ -45,23 +45,33 @@ def job_request(
     """The placement view of a normalised spec (totals over its nodes, groups expanded)."""
     res = spec.resources
     nodes = max(res.nodes, 1)
-    tenant = tenants.get(spec.tenant)
+    tenant_id = spec.tenant
+    tenant = tenants.get(tenant_id)
+    placement = spec.placement
+    excluded = placement.excluded_sites
+    preferred = placement.preferred_sites
     return JobRequest(
         job_id=job_id,
         attempt=attempt,
-        tenant=spec.tenant,
-        priority=Priority(spec.priority or Priority.NORMAL),
+        tenant=tenant_id,
+        priority=_PRIORITIES.get(spec.priority) or Priority(spec.priority),
         submit_order=submit_order,
         gpus=res.gpus * nodes,
         gpu_type=res.gpu_type,
         cpus=max(res.cpus, 1) * nodes,
         memory_mb=res.memory_mb * nodes,
         nodes=nodes,
-        allowed_jurisdictions=_expanded(tuple(spec.placement.allowed_jurisdictions)),
-        excluded_sites=frozenset(spec.placement.excluded_sites),
-        preferred_sites=tuple(spec.placement.preferred_sites),
+        allowed_jurisdictions=_expanded(tuple(placement.allowed_jurisdictions)),
+        # most jobs exclude and prefer no site: share the empty ones
+        excluded_sites=frozenset(excluded) if excluded else _NO_SITES,
+        preferred_sites=tuple(preferred) if preferred else (),
         tenant_country=tenant.country if tenant else "",
     )
+
+
+_PRIORITIES = {int(p): p for p in Priority} | {0: Priority.NORMAL}
+"""Priority of a spec's class (0, unset, is NORMAL): a lookup, not an enum call per job."""
+_NO_SITES: frozenset[str] = frozenset()
 
 
 @functools.lru_cache(maxsize=1024)
