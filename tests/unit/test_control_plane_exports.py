@@ -12,7 +12,8 @@ SURFACES = {
         "Ack", "Assignment", "CycleView", "Decision", "EpochGuard", "HeldAttempt", "JobStore",
         "Keys", "LocalRedis", "MAX_SUBMIT_BATCH", "PendingJob",
         "PendingRef", "Reconciliation", "Rollback",
-        "RunningRecord", "SiteRecord", "SiteWork", "StatusReport", "TenantRecord", "Victim",
+        "RunningRecord", "SiteRecord", "SiteWork", "StatusReport", "Submitted", "TenantRecord",
+        "Victim",
         "find_redis_server", "free_port", "pending_score",
     ],
     "orchestrator.scheduler": [
