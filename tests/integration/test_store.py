@@ -356,10 +356,15 @@ async def test_a_cycle_view_reads_what_the_separate_reads_do_at_once(store: JobS
     assert [r.job_id for r in view.surplus] == [running.id]
 
 
+async def _calls(store: JobStore, command: str) -> int:
+    """``command``s the server ran so far (scripts' included)."""
+    stats = await store.client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {"calls": 0})["calls"])
+
+
 async def _hset_calls(store: JobStore) -> int:
     """HSET commands the server ran so far (scripts' included)."""
-    stats = await store.client.info("commandstats")
-    return int(stats["cmdstat_hset"]["calls"])
+    return await _calls(store, "hset")
 
 
 async def _dispatched(store: JobStore, specs: list[types_pb2.JobSpec]) -> list[str]:
@@ -465,3 +470,21 @@ async def test_control_characters_in_messages_become_spaces_in_the_history(
         "plain",
     ]
     assert [e.exit_code for e in last] == [1, 1, 2, 0]
+
+
+async def test_a_status_report_reads_the_record_once(store: JobStore) -> None:
+    """RUNNING, an end, and a RUNNING with its end in one update each read the job's record
+    with one HMGET (an end reads what its release needs together with its status)."""
+    await store.register_site(site())
+    ids = await _dispatched(store, [spec(f"j{i}") for i in range(6)])
+    R, S = JobState.RUNNING, JobState.SUCCEEDED
+    batches = [
+        [StatusReport(j, 1, R) for j in ids[:3]],
+        [StatusReport(j, 1, S, exit_code=0) for j in ids[:3]],
+        [StatusReport(j, 1, s, exit_code=0 if s == S else None) for j in ids[3:] for s in (R, S)],
+    ]
+    for batch, updates in zip(batches, (3, 3, 3), strict=True):
+        before = await _calls(store, "hmget")
+        assert await store.apply_status("narvik", batch) == ["ok"] * len(batch)
+        assert await _calls(store, "hmget") - before == updates
+    assert [j.state for j in await store.get_jobs(ids)] == [types_pb2.JOB_STATE_SUCCEEDED] * 6

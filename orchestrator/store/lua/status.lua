@@ -16,9 +16,12 @@ local p, site, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
 BUFFERED = true
 local STATUS = {'state', 'attempt', 'site', 'cancel', 'h'}
+-- An end (or a pair, or LOST) releases the job: its status and release fields in one read.
+local STATUS_END = {unpack(STATUS)}
+for _, name in ipairs(RELEASE_FIELDS) do STATUS_END[#STATUS_END + 1] = name end
 for i = 5, #ARGV, 5 do
   local id, attempt, new, exit_code, msg = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local j = load_job(p, id, STATUS)
+  local j = load_job(p, id, (#new == 2 or new ~= '4') and STATUS_END or STATUS)
   local code = 'stale'
   local ran = nil  -- for a pair: the RUNNING update's code, and its end's becomes code
   if #new == 2 then
