@@ -362,11 +362,6 @@ async def _calls(store: JobStore, command: str) -> int:
     return int(stats.get(f"cmdstat_{command}", {"calls": 0})["calls"])
 
 
-async def _hset_calls(store: JobStore) -> int:
-    """HSET commands the server ran so far (scripts' included)."""
-    return await _calls(store, "hset")
-
-
 async def _dispatched(store: JobStore, specs: list[types_pb2.JobSpec]) -> list[str]:
     """Jobs submitted, placed on narvik and taken for sending (DISPATCHED), in order."""
     ids = []
@@ -413,12 +408,12 @@ async def test_a_running_report_and_the_end_in_one_batch_act_as_two(
                 StatusReport(ids[0], 1, R),  # after its end: stale
                 StatusReport(ids[5], 1, JobState.CANCELLED, exit_code=143),
             ]
-            hsets = await _hset_calls(store)
+            hsets = await _calls(store, "hset")
             if store is together:
                 codes = await store.apply_status("narvik", reports)
             else:
                 codes = [c for r in reports for c in await store.apply_status("narvik", [r])]
-            hsets = await _hset_calls(store) - hsets
+            hsets = await _calls(store, "hset") - hsets
             jobs = await store.get_jobs(ids)
             histories = [[e.state for e in await store.events(j)] for j in ids]
             results.append((codes, jobs, histories, hsets))
