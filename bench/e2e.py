@@ -89,7 +89,9 @@ Two more measurements run on clusters of their own, from the suite (``python -m 
   off none did (so a mode that silently did not trace cannot pass for one that did). This
   process (the client) does not trace. Goals: 100% sampling costs <= 15% of the rate, 1% <= 3%,
   the cost estimated from CPU per job (``tracing_cost``: fresh clusters differ too much in rate
-  to resolve 3%); the rate ratios are reported beside it.
+  to resolve 3%); the rate ratios are reported beside it, and so is the control plane's own
+  share (the fleet left out: a deployment's sites make their ``job.run`` spans on their own
+  machines), which no goal judges.
 - **control-plane memory per job in flight** (``measure_inflight_memory``): on a fresh cluster,
   a warm-up batch run to the end, then K jobs held RUNNING (they run for a day at their
   simulated sites); the resident memory of the api, scheduler, dispatchers and redis-server
@@ -947,11 +949,15 @@ class TracingRun:
         return sum(self.spans.values()) / self.jobs
 
 
-def tracing_cost(off: Sequence[PhaseResult], traced: Sequence[PhaseResult]) -> float:
+def tracing_cost(
+    off: Sequence[PhaseResult], traced: Sequence[PhaseResult], *, without: Sequence[str] = ()
+) -> float:
     """The throughput tracing costs, in percent, estimated from CPU per job: round by round,
     what it adds to the CPU per job of the processes that trace (every one but redis-server
     and this client), against the untraced cluster of the same round, as a share of the traced
-    cluster's CPU per job in all (but this client's); the median over the rounds.
+    cluster's CPU per job in all (but this client's); the median over the rounds. Processes
+    named in ``without`` count on neither side: ``without=("fleet",)`` is the control plane's
+    own cost, as on a deployment whose sites (and their ``job.run`` spans) run elsewhere.
 
     On a machine whose cores the pipeline keeps busy, the rate falls by that share. The rates
     themselves are reported too (``batch submit, tracing ... / off``), but fresh clusters
@@ -960,12 +966,13 @@ def tracing_cost(off: Sequence[PhaseResult], traced: Sequence[PhaseResult]) -> f
     still by several percent in the others: the 1% goal is at the edge of what a 2-core machine
     resolves with three rounds.
     """
+    left_out = {"bench", *without}
 
     def cpu(result: PhaseResult, *, traced_only: bool) -> float:
         return sum(
             v
             for name, v in result.cpu_us_per_job.items()
-            if name != "bench" and not (traced_only and name == "redis")
+            if name not in left_out and not (traced_only and name == "redis")
         )
 
     return statistics.median(
@@ -1155,6 +1162,10 @@ def measure_tracing(
         ratios.append(Ratio(f"batch submit, tracing {mode.name} / off", ratio))
         cost = tracing_cost(results["off"], results[mode.name])
         ratios.append(Ratio(f"CPU per job added by tracing {mode.name}, share", cost / 100))
+        own = tracing_cost(results["off"], results[mode.name], without=("fleet",))
+        ratios.append(
+            Ratio(f"the same in the control plane alone (sites left out), {mode.name}", own / 100)
+        )
         goals.append(
             Goal.at_most(
                 f"tracing at {mode.name} sampling: throughput lost",

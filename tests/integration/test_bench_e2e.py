@@ -205,3 +205,7 @@ def test_the_tracing_cost_is_what_tracing_adds_to_the_cpu_per_job() -> None:
     # redis-server and the client are left out of what tracing adds; the rates play no part
     assert tracing_cost(off, traced) == pytest.approx((30 / 300 + 20 / 260) / 2 * 100)
     assert tracing_cost(off, off) == 0
+    # the control plane alone: the fleet counts on neither side (+10 of 230, +5 of 195)
+    assert tracing_cost(off, traced, without=("fleet",)) == pytest.approx(
+        (10 / 230 + 5 / 195) / 2 * 100
+    )
