@@ -77,6 +77,7 @@ __all__ = [
     "REPO",
     "RUNNING",
     "SITE_GPUS",
+    "STAGES",
     "SUCCEEDED",
     "TENANTS",
     "BareServer",
@@ -118,6 +119,11 @@ RUNNING = str(JobState.RUNNING.value).encode()
 """The RUNNING state as the events stream holds it."""
 SUCCEEDED = str(JobState.SUCCEEDED.value).encode()
 """The SUCCEEDED state as the events stream holds it."""
+STAGES = tuple(
+    str(s.value).encode() for s in (JobState.PENDING, JobState.SCHEDULED, JobState.DISPATCHED)
+)
+"""The states before RUNNING whose events ``EventTail`` keeps (``reached``), as the stream
+holds them."""
 _READ_COUNT = 10_000
 _IDLE_SECONDS = 0.005
 _STALL_SECONDS = 60.0
@@ -604,7 +610,9 @@ def _stream_id(raw: bytes) -> tuple[int, int]:
 
 class EventTail:
     """Reads ``{p}events`` with ``XREAD`` on a connection of its own, from the entry that was last
-    when it started, and keeps the RUNNING and SUCCEEDED events: (job id, attempt, time).
+    when it started, and keeps the RUNNING and SUCCEEDED events: (job id, attempt, time); and,
+    for the stages before RUNNING (``STAGES``), each entry's job ids and time as it came
+    (``reached``; split per job only when asked, after the measurement: ``first_reached``).
 
     Replies are read raw (no per-entry dicts). Each read (``XREAD`` without blocking, a few ms
     apart when nothing is new) goes in one ``MULTI`` with the stream's oldest entry, which must
@@ -620,6 +628,8 @@ class EventTail:
         self.running: list[tuple[bytes, bytes, bytes]] = []
         self.succeeded: list[tuple[bytes, bytes, bytes]] = []
         self.states: Counter[bytes] = Counter()
+        self.reached: dict[bytes, list[tuple[bytes, bytes]]] = {state: [] for state in STAGES}
+        """State -> (the entry's job ids, separated by spaces; its time), in stream order."""
         self.read = 0
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -686,6 +696,7 @@ class EventTail:
 
     def _take(self, entries: list[Any]) -> None:
         running, succeeded, states = self.running, self.succeeded, self.states
+        reached = self.reached
         for _, fields in entries:
             # flush_events() in orchestrator/store/lua/_lib.lua: job, state, attempt, site, msg, t
             if len(fields) >= 12 and fields[0] == b"job" and fields[10] == b"t":
@@ -701,8 +712,19 @@ class EventTail:
                 running.extend(zip(jobs, attempt.split(b" "), itertools.repeat(t)))
             elif state == SUCCEEDED:
                 succeeded.extend(zip(jobs, attempt.split(b" "), itertools.repeat(t)))
+            elif state in reached:
+                reached[state].append((job, t))
         self.read += len(entries)
         self.cursor = bytes(entries[-1][0])
+
+    def first_reached(self, state: bytes) -> dict[str, float]:
+        """Job id -> the time of its first event of ``state`` (one of ``STAGES``) read so far."""
+        first: dict[str, float] = {}
+        for jobs, t in self.reached[state]:
+            when = float(t)
+            for job in jobs.decode().split(" "):
+                first.setdefault(job, when)
+        return first
 
     async def wait_succeeded(self, n: int, *, stall: float = _STALL_SECONDS) -> None:
         """Until ``n`` SUCCEEDED events were read; ``E2EError`` if no event comes for ``stall``

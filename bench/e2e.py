@@ -19,6 +19,9 @@ written by the same Lua script as the change) from its own Redis connection with
 from where the stream stood when the measurement started, and takes each RUNNING event's own
 time (``t``: when the dispatcher recorded the agent's report). A job's latency is that time
 minus the client's clock just before the call that carried the job (one machine, one clock).
+The same stream's earlier events split that latency by stage (``stages``): submit -> PENDING
+(the API's write), -> SCHEDULED (placement), -> DISPATCHED (the dispatcher took it to send),
+-> RUNNING (the agent started it and its report was recorded), each a p50 and p99 of its own.
 Sustained jobs/s is the rate at which jobs reached RUNNING over the middle 80% of them: from
 the 10th to the 90th percentile of their RUNNING times, which leaves out the start (connections,
 first cycles, queues filling) and the end (the last batch draining). Every measurement waits
@@ -112,7 +115,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -122,6 +125,7 @@ import redis.asyncio as aredis
 from bench._cluster import (
     BACKLOG_TENANT,
     PREFIX,
+    STAGES,
     SUCCEEDED,
     TENANTS,
     BareServer,
@@ -166,6 +170,7 @@ __all__ = [
     "FULL",
     "JOB_KEYS",
     "QUICK",
+    "STAGE_NAMES",
     "TRACING_MODES",
     "E2EError",
     "EventTail",
@@ -189,6 +194,7 @@ __all__ = [
     "measure_tracing",
     "run",
     "span_reports",
+    "stages",
 ]
 
 log = logging.getLogger(__name__)
@@ -321,6 +327,36 @@ class PhaseResult:
     legal); they have no latency."""
     cpu_us_per_job: dict[str, float]
     """CPU time per job of each process during the measurement (``bench``: this one)."""
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)
+    """Submit -> RUNNING by stage (``STAGE_NAMES``): [p50, p99] in ms of each (``stages``)."""
+
+
+STAGE_NAMES = (
+    "submit -> PENDING",
+    "PENDING -> SCHEDULED",
+    "SCHEDULED -> DISPATCHED",
+    "DISPATCHED -> RUNNING",
+)
+"""The stages of submit -> RUNNING: the API's write, placement, the dispatcher's send, and the
+agent's start and report recorded."""
+
+
+def stages(
+    submitted: Mapping[str, float], reached: Sequence[Mapping[str, float]]
+) -> dict[str, list[float]]:
+    """[p50, p99] in ms of each of ``STAGE_NAMES``: ``reached`` holds, for PENDING, SCHEDULED,
+    DISPATCHED and RUNNING in turn, job id -> the time of its first event of that state; each
+    stage is the time between a job's call start (``submitted``) or previous state and the next,
+    over the jobs that have both. (A stage's percentiles do not add up to the whole's: a job
+    slow in one stage is not always slow in the next.)"""
+    out: dict[str, list[float]] = {}
+    befores: Mapping[str, float] = submitted
+    for name, after in zip(STAGE_NAMES, reached, strict=True):
+        gaps = [(after[j] - t) * 1e3 for j, t in befores.items() if j in after]
+        if gaps:
+            out[name] = [percentile(gaps, 0.50), percentile(gaps, 0.99)]
+        befores = after
+    return out
 
 
 Submitter = Callable[[AsyncClient, list[types_pb2.JobSpec]], Awaitable[dict[str, float]]]
@@ -442,6 +478,7 @@ class _Context:
             cpu["bench"] = time.process_time() - bench0
             await asyncio.sleep(0.05)  # a late duplicate would be read by now
             running, succeeded = list(tail.running), list(tail.succeeded)
+            reached = [tail.first_reached(state) for state in STAGES]
         await self._check(name, submitted, running, succeeded)
         first_running: dict[str, float] = {}
         for job, _, t in running:
@@ -463,6 +500,7 @@ class _Context:
             max_ms=max(latencies) * 1e3,
             without_running=n - len(latencies),
             cpu_us_per_job={k: v / n * 1e6 for k, v in cpu.items()},
+            stages_ms=stages(submitted, [*reached, first_running]),
         )
 
     async def _check(
@@ -555,6 +593,8 @@ class Row:
     p99_ms: float | None = None
     max_ms: float | None = None
     cpu_us_per_job: dict[str, float] = field(default_factory=dict)
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)
+    """Submit -> RUNNING by stage: [p50, p99] in ms, each the median over the rounds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,6 +641,11 @@ def _row(name: str, results: Sequence[PhaseResult]) -> Row:
         p99_ms=med(r.p99_ms for r in results),
         max_ms=med(r.max_ms for r in results),
         cpu_us_per_job=cpu,
+        stages_ms={
+            stage: [med(r.stages_ms[stage][k] for r in results) for k in (0, 1)]
+            for stage in STAGE_NAMES
+            if all(stage in r.stages_ms for r in results)
+        },
     )
 
 
@@ -1314,6 +1359,29 @@ def cpu_table(rows: Sequence[Row]) -> str:
     )
 
 
+def stage_table(rows: Sequence[Row]) -> str:
+    """Submit -> RUNNING by stage (p50 and p99 in ms), for the rows that have them."""
+    timed = [r for r in rows if r.stages_ms]
+    if not timed:
+        return ""
+    short = ("-> PENDING", "-> SCHED", "-> DISP", "-> RUNNING")
+    columns = [Column("latency by stage, p50 / p99 ms", 44, left=True)]
+    columns += [Column(s, 13) for s in short]
+    return _table(
+        columns,
+        (
+            [
+                r.measurement,
+                *(
+                    "{:.1f} / {:.1f}".format(*r.stages_ms[n]) if n in r.stages_ms else "-"
+                    for n in STAGE_NAMES
+                ),
+            ]
+            for r in timed
+        ),
+    )
+
+
 def _process_order(name: str) -> tuple[int, str]:
     order = ("bench", "api", "scheduler", "dispatcher", "fleet", "redis")
     return next((i for i, o in enumerate(order) if name.startswith(o)), len(order)), name
@@ -1351,6 +1419,8 @@ class Report:
             table(self.rows),
             "",
             cpu_table(self.rows),
+            "",
+            stage_table(self.rows),
             "",
             "Redis memory per queued job (used_memory after a fill - before it, / jobs it queued)",
         ]

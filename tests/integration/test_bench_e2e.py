@@ -15,7 +15,18 @@ import pytest
 import redis
 
 from bench._cluster import BACKLOG_TENANT, PREFIX, Cluster, E2EError, EventTail, top_functions
-from bench.e2e import QUICK, PhaseResult, Report, _Context, main, measure, sustained, tracing_cost
+from bench.e2e import (
+    QUICK,
+    STAGE_NAMES,
+    PhaseResult,
+    Report,
+    _Context,
+    main,
+    measure,
+    stages,
+    sustained,
+    tracing_cost,
+)
 from orchestrator.sdk import AsyncClient
 from orchestrator.states import JobState
 
@@ -84,6 +95,10 @@ def test_the_quick_run_has_the_documented_shape(report: Report) -> None:
             "fleet",
             "redis",
         } <= set(row.cpu_us_per_job)
+        # every stage timed; a job's stage takes no longer than its whole submit -> RUNNING
+        assert list(row.stages_ms) == list(STAGE_NAMES)
+        for p50, p99 in row.stages_ms.values():
+            assert 0 <= p50 <= p99 <= row.max_ms
     assert [q.queued for q in report.queue_memory] == list(QUICK.depths)
     for q in report.queue_memory:
         assert q.pending >= q.queued
@@ -95,6 +110,7 @@ def test_the_quick_run_has_the_documented_shape(report: Report) -> None:
     assert report.options == {"sites": SITES, "dispatchers": 2, "secure": False, "sim_seconds": 0.0}
     text = report.text()
     assert text.startswith("end-to-end benchmark  ")
+    assert "latency by stage, p50 / p99 ms" in text
     goal_lines = [line for line in text.splitlines() if line.startswith(("  PASS", "  FAIL"))]
     assert len(goal_lines) == 6
     doc = json.loads(report.to_json())
@@ -188,6 +204,22 @@ def test_summaries_of_rates_and_profiles() -> None:
     assert total == 100
     assert [(f.function, f.samples) for f in top] == [("run (loop.py)", 60), ("place (s.py)", 40)]
     assert top[0].share == pytest.approx(0.6)
+
+
+def test_each_stage_runs_from_the_state_before_it() -> None:
+    submitted = {"a": 10.0, "b": 10.0, "c": 10.0}
+    pending = {"a": 10.001, "b": 10.002, "c": 10.004}
+    scheduled = {"a": 10.011, "b": 10.012}  # c not placed: no later stage for it
+    dispatched = {"a": 10.013, "b": 10.022}
+    running = {"a": 10.023, "b": 10.023, "x": 9.0}  # x: not submitted by this measurement
+    out = stages(submitted, [pending, scheduled, dispatched, running])
+    assert list(out) == list(STAGE_NAMES)
+    assert out["submit -> PENDING"] == pytest.approx([2.0, 4.0])
+    assert out["PENDING -> SCHEDULED"] == pytest.approx([10.0, 10.0])
+    assert out["SCHEDULED -> DISPATCHED"] == pytest.approx([2.0, 10.0])
+    assert out["DISPATCHED -> RUNNING"] == pytest.approx([1.0, 10.0])
+    # a stage no job reached is left out, and so is every stage after it
+    assert list(stages(submitted, [pending, {}, {}, {}])) == ["submit -> PENDING"]
 
 
 def test_the_tracing_cost_is_what_tracing_adds_to_the_cpu_per_job() -> None:
