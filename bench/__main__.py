@@ -293,6 +293,10 @@ def _e2e_figures(report: e2e.Report) -> list[Figure]:
         out.append(Figure("e2e", row.measurement, row.jobs_per_second, unit))
         if row.measurement.startswith("paced") and row.p99_ms is not None:
             out.append(Figure("e2e", "  p99 submit -> RUNNING", row.p99_ms, "ms"))
+            out += [
+                Figure("e2e", f"    p99 {stage}", p99, "ms")
+                for stage, (_, p99) in row.stages_ms.items()
+            ]
     out += [
         Figure("e2e", f"Redis memory per queued job ({q.queued:,} queued)", q.bytes_per_job, "B")
         for q in report.queue_memory

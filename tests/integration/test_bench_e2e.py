@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+import bench.__main__ as suite
 from bench._cluster import BACKLOG_TENANT, PREFIX, Cluster, E2EError, EventTail, top_functions
 from bench.e2e import (
     QUICK,
@@ -116,6 +117,13 @@ def test_the_quick_run_has_the_documented_shape(report: Report) -> None:
     doc = json.loads(report.to_json())
     assert doc["verified_jobs"] == report.verified_jobs
     assert {g["name"] for g in doc["goals"]} == {g.name for g in report.goals}
+
+
+def test_the_suite_lists_the_paced_p99_and_its_stages(report: Report) -> None:
+    names = [f.name for f in suite._e2e_figures(report)]
+    at = names.index("  p99 submit -> RUNNING")
+    assert names[at - 1] == "paced at half the batch rate"
+    assert names[at + 1 : at + 5] == [f"    p99 {stage}" for stage in STAGE_NAMES]
 
 
 def test_every_job_ended_succeeded_exactly_once(cluster: Cluster, report: Report) -> None:
