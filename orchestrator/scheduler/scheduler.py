@@ -91,7 +91,12 @@ class Scheduler:
         started = time.perf_counter()
         await self._refresh_offers()  # before the view: it may change the sites' policies
         mark = self.epoch.mark()
-        view = await self.store.cycle_view(self.config.window, epoch_key=self.epoch.key)
+        # with nothing pending, only the sites silent for too long are read (for _lose_silent_sites)
+        view = await self.store.cycle_view(
+            self.config.window,
+            epoch_key=self.epoch.key,
+            silent_before=time.time() - self.config.lost_after_seconds,
+        )
         await self.epoch.advanced(view.epoch, mark)
         order = view.order
         missing = [job_id for job_id, _ in order if job_id not in self._jobs]

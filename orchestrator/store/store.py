@@ -200,7 +200,8 @@ class CycleView:
     order: list[tuple[str, float]]
     """As ``pending_order``."""
     sites: list[SiteRecord]
-    """As ``site_records()``."""
+    """As ``site_records()``; or, with ``silent_before`` and no job pending, only the sites
+    last heard from before that time (see ``cycle_view``)."""
     tenants: list[TenantRecord]
     """As ``tenant_records()``."""
     surplus: list[RunningRecord]
@@ -1324,13 +1325,21 @@ class JobStore:
                 per_queue = await pipe.execute()
         return _front(((_s(jid), score) for rows in per_queue for jid, score in rows), limit)
 
-    async def cycle_view(self, limit: int, *, epoch_key: str) -> CycleView:
+    async def cycle_view(
+        self, limit: int, *, epoch_key: str, silent_before: float | None = None
+    ) -> CycleView:
         """Advance the epoch at ``epoch_key`` and read ``pending_order(limit)``, every site,
         every tenant and ``surplus_running()``, in one script call (cycle_view.lua): a cycle's
-        reads were some ten round trips, each waiting its turn at a busy Redis."""
+        reads were some ten round trips, each waiting its turn at a busy Redis.
+
+        With ``silent_before`` (a time) and no job pending, the sites read are only those last
+        heard from before it (never heard from: not read): all an idle cycle looks at. At
+        1,000 sites that is some 60 ms of CPU less per idle cycle, Redis's and the caller's.
+        """
+        silent = "" if silent_before is None else f"{silent_before:.6f}"
         with self._unavailable():
             epoch, queues, sites, tenants, surplus = await self._scripts.run(
-                "cycle_view", [self.prefix, epoch_key, limit, " ".join(_RUNNING_FIELDS)]
+                "cycle_view", [self.prefix, epoch_key, limit, " ".join(_RUNNING_FIELDS), silent]
             )
         waiting: list[tuple[str, float]] = []
         for rows in queues[1::2]:  # name, front of the queue (id, score, ...), name, ...

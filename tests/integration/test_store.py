@@ -356,6 +356,29 @@ async def test_a_cycle_view_reads_what_the_separate_reads_do_at_once(store: JobS
     assert [r.job_id for r in view.surplus] == [running.id]
 
 
+async def test_an_idle_cycle_view_reads_only_the_silent_sites(store: JobStore) -> None:
+    for site_id in ("abudhabi", "narvik", "tromso", "unheard"):
+        await store.register_site(site(site_id))
+    await store.record_heartbeat("narvik", dispatcher_id="d", at=1_000.0)
+    await store.record_heartbeat("tromso", dispatcher_id="d", at=1_100.0)
+    await store.record_heartbeat("abudhabi", dispatcher_id="d", at=900.0)
+    key = store.keys.epoch
+
+    # nothing pending: the sites heard from before the time, none never heard from
+    idle = await store.cycle_view(10, epoch_key=key, silent_before=1_050.0)
+    records = {r.site.id: r for r in await store.site_records()}
+    assert idle.order == []
+    assert idle.sites == [records["abudhabi"], records["narvik"]]
+    assert (await store.cycle_view(10, epoch_key=key, silent_before=0.0)).sites == []
+
+    # a job pending: every site, as without the time
+    await store.submit(spec("a"))
+    busy = await store.cycle_view(10, epoch_key=key, silent_before=1_050.0)
+    assert len(busy.order) == 1
+    assert busy.sites == await store.site_records()
+    assert [r.site.id for r in busy.sites] == ["abudhabi", "narvik", "tromso", "unheard"]
+
+
 async def _calls(store: JobStore, command: str) -> int:
     """``command``s the server ran so far (scripts' included)."""
     stats = await store.client.info("commandstats")
