@@ -8,7 +8,7 @@ Four processes, as a deployment runs them:
     dispatcher  ``python -m orchestrator.roles dispatcher`` (one dispatcher, ``SG_DISPATCHERS=1``,
                 plaintext: ``SG_INSECURE=1``), holding every site's control stream
     scheduler   ``python -m orchestrator.roles scheduler``: with nothing to place it still runs
-                a cycle a second, which reads every site's record
+                a cycle every twelfth of ``lost_after`` (5 s), which looks for silent sites
     fleet       ``python -m agents.fleet --sites N --insecure``: N simulated sites (full agent
                 runtimes with the sim executor) behind one gRPC server
     redis       the redis-server the store uses (its own figures from ``INFO``: CPU
