@@ -16,7 +16,8 @@ local p, site, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
 BUFFERED = true
 local STATUS = {'state', 'attempt', 'site', 'cancel', 'h'}
--- An end (or a pair, or LOST) releases the job: its status and release fields in one read.
+-- An end (or a pair, or LOST) releases the job: its status and release fields in one read
+-- (the branches below that finish or requeue rely on it).
 local STATUS_END = {unpack(STATUS)}
 for _, name in ipairs(RELEASE_FIELDS) do STATUS_END[#STATUS_END + 1] = name end
 for i = 5, #ARGV, 5 do
@@ -54,7 +55,6 @@ for i = 5, #ARGV, 5 do
         code = 'dup'
       end
     elseif new == '9' and (cur == '3' or cur == '4' or cur == '8') then
-      load_rest(p, id, j, RELEASE_FIELDS)
       -- the agent stopped the attempt itself (its lease ran out): not the job's failure
       if j.cancel == '1' then
         finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now)
@@ -64,7 +64,6 @@ for i = 5, #ARGV, 5 do
       end
       code = 'retry'
     elseif (new == '5' or new == '6' or new == '7') and (cur == '3' or cur == '4' or cur == '8') then
-      load_rest(p, id, j, RELEASE_FIELDS)
       local fails = (tonumber(j.fails) or 0) + (new == '6' and 1 or 0)
       if j.cancel == '1' then
         finish(p, id, j, '7', exit_code, 'cancelled (' .. msg .. ')', now)
